@@ -1,0 +1,141 @@
+"""The three Python environments and running commands inside them.
+
+loraops runs in three environments because their pins conflict (see infra/envs/):
+the control plane (this process: Prefect, DVC, MLflow), the trainer (Axolotl + torch) and the server
+(vLLM). This module finds the trainer and server interpreters and runs their commands with output
+streamed line by line, so long work shows its progress.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from loraops.errors import StageError
+
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "AXOLOTL_DO_NOT_TRACK": "1",
+    "WANDB_MODE": "disabled",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+def repo_root() -> Path:
+    """The loraops source checkout (where .venvs/ lives); overridable with LORAOPS_HOME."""
+    env = os.environ.get("LORAOPS_HOME")
+    if env:
+        return Path(env).resolve()
+    return Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class PythonEnv:
+    name: str
+    prefix: Path
+
+    @property
+    def bin(self) -> Path:
+        return self.prefix / "bin"
+
+    @property
+    def python(self) -> Path:
+        return self.bin / "python"
+
+    def exists(self) -> bool:
+        return self.python.exists()
+
+    def environ(self, extra: Mapping[str, str] | None = None, *, offline: bool = True) -> dict[str, str]:
+        env = dict(os.environ)
+        # Axolotl execs `accelerate` by name, so the env's bin/ must come first on PATH.
+        env["PATH"] = f"{self.bin}{os.pathsep}{env.get('PATH', '')}"
+        env["VIRTUAL_ENV"] = str(self.prefix)
+        env.pop("PYTHONHOME", None)
+        if offline:
+            env.update(OFFLINE_ENV)
+        if extra:
+            env.update(extra)
+        return env
+
+
+def env_prefix(name: str) -> Path:
+    override = os.environ.get(f"LORAOPS_{name.upper()}_ENV")
+    if override:
+        return Path(override).resolve()
+    return repo_root() / ".venvs" / name
+
+
+def trainer_env() -> PythonEnv:
+    return PythonEnv("trainer", env_prefix("trainer"))
+
+
+def server_env() -> PythonEnv:
+    return PythonEnv("server", env_prefix("server"))
+
+
+def control_env() -> PythonEnv:
+    return PythonEnv("control", Path(sys.prefix))
+
+
+def require(env: PythonEnv) -> PythonEnv:
+    if not env.exists():
+        raise StageError(
+            f"the {env.name} environment is missing at {env.prefix}",
+            hint="run `make envs` to create it",
+        )
+    return env
+
+
+def run_streaming(
+    cmd: Sequence[str | os.PathLike[str]],
+    *,
+    env: Mapping[str, str],
+    cwd: Path | None = None,
+    log_file: Path | None = None,
+    on_line: Callable[[str], None] | None = None,
+    what: str = "command",
+) -> None:
+    """Run ``cmd``, passing each output line to ``on_line`` and appending it to ``log_file``.
+
+    Raises StageError naming the log file and the last lines of output when the command fails.
+    """
+    tail: list[str] = []
+    log = None
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        log = log_file.open("a", encoding="utf-8")
+    try:
+        proc = subprocess.Popen(
+            [str(c) for c in cmd],
+            cwd=cwd,
+            env=dict(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            bufsize=1,
+        )
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.rstrip("\n")
+            if log is not None:
+                log.write(raw)
+            tail.append(line)
+            del tail[:-20]
+            if on_line is not None:
+                on_line(line)
+        code = proc.wait()
+    finally:
+        if log is not None:
+            log.close()
+    if code != 0:
+        last = " | ".join(t.strip() for t in tail[-3:] if t.strip())
+        where = f"; full log: {log_file}" if log_file else ""
+        raise StageError(f"{what} failed with exit code {code}: {last}{where}")

@@ -1,0 +1,173 @@
+"""Long-running local services (MLflow, Prefect, vLLM, the alias sync hook) as managed processes.
+
+Each service runs in its own process group (MLflow 3.17 starts a uvicorn worker and job consumers as
+children: stopping only the parent leaves them behind), writes its output to a log file, and records
+its pid in ``<state>/pids/<name>.json`` so that ``loraops down`` finds it from another process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loraops.errors import StackError
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (loopback URLs we built)
+            return 200 <= resp.status < 300
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+@dataclass
+class ServiceSpec:
+    name: str
+    command: Sequence[str | os.PathLike[str]]
+    port: int
+    health_url: str
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    start_timeout_s: float = 180.0
+    config_key: str = ""  # the params.yaml key that sets the port, named in errors
+
+
+@dataclass
+class RunningService:
+    name: str
+    pid: int
+    port: int
+    health_url: str
+    log_file: str
+
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
+
+class ServiceManager:
+    def __init__(self, state_dir: Path) -> None:
+        self.pid_dir = state_dir / "pids"
+        self.log_dir = state_dir / "logs"
+
+    def _pid_file(self, name: str) -> Path:
+        return self.pid_dir / f"{name}.json"
+
+    def get(self, name: str) -> RunningService | None:
+        path = self._pid_file(name)
+        if not path.exists():
+            return None
+        try:
+            svc = RunningService(**json.loads(path.read_text()))
+        except (ValueError, TypeError):
+            path.unlink(missing_ok=True)
+            return None
+        if not svc.alive():
+            path.unlink(missing_ok=True)
+            return None
+        return svc
+
+    def start(self, spec: ServiceSpec) -> RunningService:
+        """Start ``spec`` unless it already runs healthy; wait until its health URL answers."""
+        existing = self.get(spec.name)
+        if existing is not None and existing.port == spec.port and http_ok(existing.health_url):
+            return existing
+        if existing is not None:
+            self.stop(spec.name)
+        if not port_is_free(spec.port):
+            where = f"set {spec.config_key} in params.yaml" if spec.config_key else "choose another port"
+            raise StackError(
+                f"port {spec.port} is already in use, so {spec.name} cannot start",
+                hint=f"stop whatever listens there or {where}",
+            )
+        self.pid_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_file = self.log_dir / f"{spec.name}.log"
+        env = dict(os.environ)
+        env.update(spec.env)
+        with log_file.open("ab") as log:
+            proc = subprocess.Popen(
+                [str(c) for c in spec.command],
+                cwd=spec.cwd,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        svc = RunningService(spec.name, proc.pid, spec.port, spec.health_url, str(log_file))
+        self._pid_file(spec.name).write_text(json.dumps(svc.__dict__))
+        deadline = time.monotonic() + spec.start_timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                self._pid_file(spec.name).unlink(missing_ok=True)
+                raise StackError(
+                    f"{spec.name} exited with code {proc.returncode} while starting",
+                    hint=f"see {log_file}",
+                )
+            if http_ok(spec.health_url):
+                return svc
+            time.sleep(0.5)
+        self.stop(spec.name)
+        raise StackError(
+            f"{spec.name} did not become healthy within {spec.start_timeout_s:.0f} s",
+            hint=f"see {log_file}",
+        )
+
+    def stop(self, name: str, timeout_s: float = 20.0) -> bool:
+        """Stop the service's whole process group. Returns False when it was not running."""
+        path = self._pid_file(name)
+        svc = self.get(name)
+        path.unlink(missing_ok=True)
+        if svc is None:
+            return False
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(svc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(svc.pid, 0)
+            except (ProcessLookupError, PermissionError):
+                return True
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(svc.pid, os.WNOHANG)
+            time.sleep(0.2)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(svc.pid, signal.SIGKILL)
+        return True
+
+    def running(self) -> list[RunningService]:
+        if not self.pid_dir.exists():
+            return []
+        found = [self.get(p.stem) for p in sorted(self.pid_dir.glob("*.json"))]
+        return [s for s in found if s is not None]

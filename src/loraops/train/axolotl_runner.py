@@ -1,0 +1,39 @@
+"""Runs Axolotl in the trainer environment (the only side effect of the training stage)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from loraops.envs import PythonEnv, require, run_streaming, trainer_env
+
+log = logging.getLogger(__name__)
+
+# On CPU, one process is what we want; accelerate adds start-up time and nothing else.
+# On a GPU host `launcher` comes from params (accelerate / torchrun for several GPUs).
+DEFAULT_LAUNCHER = "python"
+
+
+def run_axolotl_train(
+    config_path: Path,
+    *,
+    log_file: Path,
+    launcher: str = DEFAULT_LAUNCHER,
+    env: PythonEnv | None = None,
+    on_line: Callable[[str], None] | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> None:
+    """``axolotl train CONFIG`` with offline settings; raises StageError with the log path on failure."""
+    trainer = require(env or trainer_env())
+    environ = trainer.environ(extra_env)
+    environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+    run_streaming(
+        [trainer.bin / "axolotl", "train", config_path, "--launcher", launcher],
+        env=environ,
+        cwd=config_path.parent,
+        log_file=log_file,
+        on_line=on_line,
+        what=f"axolotl train {config_path.name}",
+    )
