@@ -99,17 +99,26 @@ class ServiceManager:
 
     def start(self, spec: ServiceSpec) -> RunningService:
         """Start ``spec`` unless it already runs healthy; wait until its health URL answers."""
+        return self.start_all([spec])[0]
+
+    def start_all(self, specs: list[ServiceSpec]) -> list[RunningService]:
+        """Launch every service first, then wait for each: start-up times overlap instead of adding up."""
+        for spec in specs:  # refuse before launching anything, so a busy port leaves nothing half-started
+            existing = self.get(spec.name)
+            ours = existing is not None and existing.port == spec.port
+            if not ours and not port_is_free(spec.port):
+                self._raise_port_in_use(spec)
+        launched = [self._launch(spec) for spec in specs]
+        return [self._wait(spec, svc, proc) for spec, (svc, proc) in zip(specs, launched, strict=True)]
+
+    def _launch(self, spec: ServiceSpec) -> tuple[RunningService, subprocess.Popen[bytes] | None]:
         existing = self.get(spec.name)
         if existing is not None and existing.port == spec.port and http_ok(existing.health_url):
-            return existing
+            return existing, None
         if existing is not None:
             self.stop(spec.name)
         if not port_is_free(spec.port):
-            where = f"set {spec.config_key} in params.yaml" if spec.config_key else "choose another port"
-            raise StackError(
-                f"port {spec.port} is already in use, so {spec.name} cannot start",
-                hint=f"stop whatever listens there or {where}",
-            )
+            self._raise_port_in_use(spec)
         self.pid_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_file = self.log_dir / f"{spec.name}.log"
@@ -127,13 +136,28 @@ class ServiceManager:
             )
         svc = RunningService(spec.name, proc.pid, spec.port, spec.health_url, str(log_file))
         self._pid_file(spec.name).write_text(json.dumps(svc.__dict__))
+        return svc, proc
+
+    @staticmethod
+    def _raise_port_in_use(spec: ServiceSpec) -> None:
+        where = f"set {spec.config_key} in params.yaml" if spec.config_key else "choose another port"
+        raise StackError(
+            f"port {spec.port} is already in use, so {spec.name} cannot start",
+            hint=f"stop whatever listens there or {where}",
+        )
+
+    def _wait(
+        self, spec: ServiceSpec, svc: RunningService, proc: subprocess.Popen[bytes] | None
+    ) -> RunningService:
+        if proc is None:
+            return svc
         deadline = time.monotonic() + spec.start_timeout_s
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 self._pid_file(spec.name).unlink(missing_ok=True)
                 raise StackError(
                     f"{spec.name} exited with code {proc.returncode} while starting",
-                    hint=f"see {log_file}",
+                    hint=f"see {svc.log_file}",
                 )
             if http_ok(spec.health_url):
                 return svc
@@ -141,7 +165,7 @@ class ServiceManager:
         self.stop(spec.name)
         raise StackError(
             f"{spec.name} did not become healthy within {spec.start_timeout_s:.0f} s",
-            hint=f"see {log_file}",
+            hint=f"see {svc.log_file}",
         )
 
     def stop(self, name: str, timeout_s: float = 20.0) -> bool:

@@ -1,0 +1,47 @@
+# loraops: the two commands are `make demo` and `make test`; both set up whatever is missing first.
+SHELL := /bin/bash
+PY := .venv/bin/python
+export LORAOPS_ACCEL ?= cpu
+
+.PHONY: help envs demo test test-fast down status lint typecheck bench lock clean-state
+
+help:
+	@echo "make demo    set up, start the local stack and run the retrain flow once"
+	@echo "make test    set up and run the whole test suite (unit + e2e on the real stack)"
+	@echo "make down    stop the services that make demo started"
+	@echo "make status  show the running services and their URLs"
+	@echo "make lint    ruff + mypy;  make bench  run the benchmarks in bench/"
+
+envs:
+	@bash infra/envs/ensure.sh
+
+demo: envs
+	@$(PY) -m loraops.cli demo
+
+test: envs
+	@.venv/bin/pytest
+
+test-fast: envs
+	@.venv/bin/pytest -m "not e2e and not slow"
+
+down:
+	@if [ -x $(PY) ]; then $(PY) -m loraops.cli down; else echo "nothing to stop"; fi
+
+status: envs
+	@$(PY) -m loraops.cli status
+
+lint: envs
+	@.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
+
+bench: envs
+	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# Recompile the lock files (needs the registries). CUDA locks are resolved for x86_64 Linux.
+lock: envs
+	.venv/bin/uv pip compile -q --python-version 3.11 infra/envs/control.in -o infra/envs/control.lock.txt
+	.venv/bin/uv pip compile -q --python-version 3.11 --find-links /opt/wheels infra/envs/trainer-cpu.in -o infra/envs/trainer-cpu.lock.txt
+	.venv/bin/uv pip compile -q --python-version 3.11 --find-links /opt/wheels infra/envs/server-cpu.in -o infra/envs/server-cpu.lock.txt
+	@echo "edit server-cpu.lock.txt: drop torchvision, torchaudio, torchcodec (see server-cpu.in)"
+
+clean-state: down
+	rm -rf .loraops

@@ -1,0 +1,198 @@
+"""The retrain flow: one pass of the loop, wiring only (the logic lives in src/loraops/<stage>/).
+
+Steps:
+ 1. prepare    validate, quality-check and split the raw data (fails loudly on bad data)
+ 2. version    track the prepared data with DVC and push it to the remote
+ 3. train      render the Axolotl config from params.yaml and train the adapter
+ 4. register   log the run to MLflow and register the adapter as a new model version
+ 5. evaluate   candidate vs base (and champion) on the test split, and forgetting on the general suite,
+               all through the running vLLM server
+ 6. gate       pure decision from the scores and the thresholds in params.yaml
+ 7. promote    on pass, move the champion alias; the alias sync hook makes vLLM serve the new adapter
+               under the stable name without a restart
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from loraops.data.prepare import PrepareResult, prepare
+from loraops.data.versioning import DataVersion, version_data
+from loraops.serving.vllm import VllmClient
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from loraops.basemodel.build import resolve_base_model
+from loraops.basemodel.skills import general_suite
+from loraops.config import Params, load_params
+from loraops.envs import repo_root
+from loraops.evaluate.runner import CompletionClient
+from loraops.evaluate.suite import EvalReport, evaluate_candidate, read_jsonl
+from loraops.gate.decision import GateDecision, decide
+from loraops.gate.promote import promote_and_wait
+from loraops.registry.tracking import ModelVersionInfo, Registry
+from loraops.stack.local import stack_urls
+from loraops.train.run import TrainResult, train_adapter
+from loraops.vcs import git_commit
+from loraops.workspace import Workspace
+
+
+@task(name="prepare-data", cache_policy=NO_CACHE)
+def prepare_task(ws: Workspace, params: Params, base_model: str) -> PrepareResult:
+    tokenizer_dir = Path(base_model) if Path(base_model).is_dir() else None
+    result = prepare(ws, params.data, tokenizer_dir=tokenizer_dir, sequence_len=params.train.sequence_len)
+    get_run_logger().info("prepared data: %s", result.summary())
+    return result
+
+
+@task(name="version-data", cache_policy=NO_CACHE)
+def version_task(ws: Workspace, params: Params) -> DataVersion:
+    version = version_data(ws, params.data)
+    get_run_logger().info("data version %s", version.tag())
+    return version
+
+
+@task(name="train-adapter", cache_policy=NO_CACHE)
+def train_task(
+    ws: Workspace, params: Params, base_model: str, prepared: PrepareResult, run_dir: Path
+) -> TrainResult:
+    logger = get_run_logger()
+
+    def show(line: str) -> None:
+        from loraops.train.render import parse_metrics_line
+
+        metrics = parse_metrics_line(line)
+        if metrics and "loss" in metrics:
+            logger.info("train epoch %.2f loss %.4f", metrics.get("epoch", 0.0), metrics["loss"])
+        elif metrics and "eval_loss" in metrics:
+            logger.info("val   epoch %.2f loss %.4f", metrics.get("epoch", 0.0), metrics["eval_loss"])
+
+    result = train_adapter(
+        ws.root,
+        params.train,
+        base_model=base_model,
+        train_file=prepared.train_path,
+        val_file=prepared.val_path,
+        run_dir=run_dir,
+        on_line=show,
+    )
+    warning = result.overfitting_warning()
+    if warning:
+        logger.warning(warning)
+    logger.info("trained in %.0f s; adapter at %s", result.duration_s, result.adapter_dir)
+    return result
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_task(
+    ws: Workspace, params: Params, registry: Registry, version: ModelVersionInfo, prepared: PrepareResult
+) -> EvalReport:
+    logger = get_run_logger()
+    urls = stack_urls(params)
+    server = VllmClient(urls.endpoint.removesuffix("/v1"))
+    candidate_name = f"{params.registry.model_name}-candidate-v{version.version}"
+    local = registry.download_adapter(version.version, ws.runs / "candidates" / f"v{version.version}")
+    server.load_adapter(candidate_name, local)
+    champion_name = params.registry.model_name if server.served_path(params.registry.model_name) else None
+    try:
+        report = evaluate_candidate(
+            CompletionClient(
+                urls.endpoint.removesuffix("/v1"),
+                timeout_s=params.evaluate.request_timeout_s,
+                concurrency=params.evaluate.concurrency,
+            ),
+            base_name=params.base_model.name(),
+            candidate_name=candidate_name,
+            champion_name=champion_name,
+            test_records=read_jsonl(prepared.test_path),
+            general_records=general_suite(params.base_model.recipe, params.evaluate.general_per_skill),
+            params=params.evaluate,
+            on_progress=logger.info,
+        )
+    finally:
+        server.unload_adapter(candidate_name)
+    logger.info(
+        "task score: base %.3f, candidate %.3f%s; general mean: base %.3f, candidate %.3f",
+        report.base.score,
+        report.candidate.score,
+        f", champion {report.champion.score:.3f}" if report.champion else "",
+        report.base_general.mean,
+        report.candidate_general.mean,
+    )
+    return report
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(workspace: str | None = None) -> dict[str, Any]:
+    """Prepare, version, train, register, evaluate, gate and (on pass) promote one adapter."""
+    logger = get_run_logger()
+    ws = Workspace.from_env(workspace)
+    ws.ensure()
+    params = load_params(ws.params_file)
+    urls = stack_urls(params)
+    base_model = resolve_base_model(params.base_model.source, params.base_model.recipe, ws.models)
+
+    prepared = prepare_task(ws, params, base_model)
+    data_version = version_task(ws, params)
+
+    run_dir = ws.runs / time.strftime("%Y%m%d-%H%M%S")
+    registry = Registry(urls.mlflow, params.registry)
+    lineage = {
+        "data_version": data_version.tag(),
+        "data_dvc_hash": data_version.dvc_hash,
+        "git_commit": git_commit(ws.root) or "unknown",
+        "code_commit": git_commit(repo_root()) or "unknown",
+        "base_model": params.base_model.source if params.base_model.source != "build" else base_model,
+        "base_model_name": params.base_model.name(),
+    }
+    with registry.run(run_name=f"retrain-{run_dir.name}", tags=lineage) as run:
+        run.log_params(params.train.model_dump(mode="json", exclude={"overrides"}))
+        run.log_params({"data.train_examples": prepared.counts.get("train", 0)})
+        trained = train_task(ws, params, base_model, prepared, run_dir)
+        for step, metrics in enumerate(trained.history):
+            run.log_metrics({f"train.{k}": v for k, v in metrics.items() if k != "epoch"}, step=step)
+        run.log_metrics(trained.final_metrics)
+        run.log_artifacts(trained.adapter_dir, "adapter")
+        run.log_artifact(trained.config_path, "axolotl")
+        for report_file in prepared.report_files():
+            run.log_artifact(report_file, "data-report")
+        version = registry.register_adapter(run.run_id, "adapter", tags=lineage)
+        logger.info("registered %s version %s", version.name, version.version)
+
+        report = evaluate_task(ws, params, registry, version, prepared)
+        decision: GateDecision = decide(
+            candidate=report.candidate,
+            base=report.base,
+            champion=report.champion,
+            base_general=report.base_general,
+            candidate_general=report.candidate_general,
+            params=params.gate,
+        )
+        run.log_metrics(report.metrics())
+        report_path = run_dir / "evaluation.json"
+        report_path.write_text(json.dumps({"report": report.to_json(), "gate": decision.to_json()}, indent=2))
+        run.log_artifact(report_path, "evaluation")
+        registry.tag_version(version.version, {"gate": "passed" if decision.passed else "failed"})
+        logger.info(decision.summary())
+
+        served = None
+        if decision.passed:
+            served = promote_and_wait(registry, params, version, urls)
+            logger.info("%s now serves version %s", params.registry.model_name, version.version)
+
+    return {
+        "model_name": version.name,
+        "version": version.version,
+        "run_id": run.run_id,
+        "run_url": registry.run_url(run.run_id),
+        "version_url": registry.version_url(version.version),
+        "data_version": data_version.tag(),
+        "gate": decision.to_json(),
+        "gate_summary": decision.summary(),
+        "promoted": decision.passed,
+        "served_path": served,
+        "scores": report.metrics(),
+    }

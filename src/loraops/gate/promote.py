@@ -1,0 +1,54 @@
+"""Applying a passed gate: move the champion alias and wait until the server serves the new version."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import TYPE_CHECKING, Any
+
+from loraops.errors import StageError
+
+if TYPE_CHECKING:
+    from loraops.config import Params
+    from loraops.registry.tracking import ModelVersionInfo, Registry
+    from loraops.stack.local import StackUrls
+
+
+def sync_status(sync_url: str) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(f"{sync_url}/status", timeout=5) as resp:  # noqa: S310 (our loopback hook)
+            data = json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def promote_and_wait(
+    registry: Registry, params: Params, version: ModelVersionInfo, urls: StackUrls, timeout_s: float = 120.0
+) -> str:
+    """Point the champion alias at ``version``; return the adapter path the server now serves.
+
+    The alias sync hook does the loading (the same path an engineer's alias move in the MLflow UI
+    takes). If the server does not pick the version up in time, the alias is moved back, so the
+    registry never names a champion that is not what applications get.
+    """
+    previous = registry.champion()
+    registry.set_champion(version.version)
+    deadline = time.monotonic() + timeout_s
+    last: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        last = sync_status(urls.sync)
+        if str(last.get("served_version")) == str(version.version) and last.get("served_path"):
+            return str(last["served_path"])
+        time.sleep(0.5)
+    if previous is not None:
+        registry.set_champion(previous.version)
+    else:
+        registry.clear_champion()
+    error = last.get("error") or "no answer from the alias sync hook"
+    raise StageError(
+        f"version {version.version} passed the gate but the server did not load it: {error}",
+        hint=f"the alias was moved back; see .loraops/logs/sync.log and {urls.sync}/status",
+    )

@@ -1,0 +1,87 @@
+"""The local MLflow tracking server (SQLite backend, artifacts served by the server) as a ServiceSpec."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import secrets
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from loraops.errors import StackError
+from loraops.stack.process import ServiceSpec
+
+
+def read_or_create_secret(path: Path, make: Callable[[], str]) -> str:
+    """The secret stored in ``path``; on first use ``make()`` one and store it readable by the owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        value = path.read_text(encoding="utf-8").strip()
+        if not value:
+            raise StackError(f"{path} is empty", hint="delete it so that a new secret is made") from None
+        with contextlib.suppress(PermissionError):
+            path.chmod(0o600)
+        return value
+    value = make()
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(value + "\n")
+    return value
+
+
+def new_fernet_key() -> str:
+    # A Fernet key is 32 random bytes, url-safe base64 encoded (what Fernet.generate_key() returns).
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode("ascii")
+
+
+def webhook_encryption_key(state_dir: Path) -> str:
+    """MLflow encrypts webhook secrets with this key. It must stay the same across server restarts:
+    with a new key every stored webhook fails to deliver and list_webhooks answers 500."""
+    return read_or_create_secret(state_dir / "mlflow" / "webhook.key", new_fernet_key)
+
+
+def mlflow_service_spec(state_dir: Path, port: int, host: str = "127.0.0.1") -> ServiceSpec:
+    root = state_dir / "mlflow"
+    artifacts = root / "artifacts"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    env = {
+        "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+        # The alias sync hook listens on loopback, which MLflow's SSRF guard refuses by default.
+        "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+        "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": webhook_encryption_key(state_dir),
+        # The server caches the webhook list per event for 60 s by default, so a webhook created just
+        # after an alias event would miss the next alias moves for up to a minute.
+        "MLFLOW_WEBHOOK_CACHE_TTL": "1",
+        # Job execution (GenAI judges, trace rollups) is not used and starts six huey consumer processes.
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{(root / 'mlflow.db').resolve()}",
+        "--artifacts-destination",
+        str(artifacts.resolve()),
+        "--serve-artifacts",
+    ]
+    return ServiceSpec(
+        name="mlflow",
+        command=command,
+        port=port,
+        health_url=f"http://{host}:{port}/health",
+        env=env,
+        cwd=root,
+        start_timeout_s=120.0,
+        config_key="stack.mlflow_port",
+    )

@@ -1,0 +1,82 @@
+from pathlib import Path
+
+import pytest
+
+from loraops.config import Params, dump_defaults, load_params
+from loraops.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_params_yaml_is_valid():
+    params = load_params(ROOT / "params.yaml")
+    assert params.registry.model_name == "support-triage"
+    assert params.train.lora_alpha == 2 * params.train.lora_r
+    assert params.base_model.source == "build"
+
+
+def test_empty_file_gives_defaults_and_defaults_round_trip(tmp_path: Path):
+    assert load_params(_write(tmp_path, "")) == Params()
+    assert load_params(_write(tmp_path, dump_defaults())) == Params()
+
+
+def test_unknown_key_names_file_line_key_and_suggests(tmp_path: Path):
+    path = _write(tmp_path, "train:\n  lora_r: 8\n  lora_alhpa: 16\n")
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    message = str(err.value)
+    assert f"{path}:3" in message
+    assert "train.lora_alhpa" in message and "did you mean 'lora_alpha'" in message
+
+
+def test_wrong_type_names_line_key_and_value(tmp_path: Path):
+    path = _write(tmp_path, "serving:\n  port: 8000\nstack:\n  mlflow_port: five-thousand\n")
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    assert f"{path}:4: stack.mlflow_port" in str(err.value)
+    assert "five-thousand" in str(err.value)
+
+
+def test_nested_value_error_points_at_the_nested_line(tmp_path: Path):
+    path = _write(tmp_path, "data:\n  split:\n    val_fraction: 0.6\n    test_fraction: 0.6\n")
+    with pytest.raises(ConfigError, match=rf"{path}:2: data.split"):
+        load_params(path)
+
+
+def test_cross_field_rule_is_explained(tmp_path: Path):
+    path = _write(tmp_path, "train:\n  adapter: qlora\n  device: cpu\n")
+    with pytest.raises(ConfigError, match="needs a CUDA GPU"):
+        load_params(path)
+
+
+def test_yaml_syntax_error_gives_the_line(tmp_path: Path):
+    path = _write(tmp_path, "train:\n  lora_r: 16\n  lora_alpha: [32\nserving: {}\n")
+    with pytest.raises(ConfigError, match=rf"{path}:\d+: not valid YAML"):
+        load_params(path)
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path):
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_params(_write(tmp_path, "- a\n- b\n"))
+
+
+def test_missing_file(tmp_path: Path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_several_problems_are_all_reported(tmp_path: Path):
+    path = _write(tmp_path, "train:\n  lora_r: x\n  num_epochs: 0\n")
+    with pytest.raises(ConfigError, match=r"\+1 more"):
+        load_params(path)
+
+
+def test_hf_model_source_gives_served_name():
+    params = Params.model_validate({"base_model": {"source": "meta-llama/Llama-3.2-1B-Instruct"}})
+    assert params.base_model.name() == "Llama-3.2-1B-Instruct"

@@ -1,0 +1,162 @@
+"""The walking skeleton end to end, on the real stack: `loraops demo` in a fresh workspace.
+
+Real MLflow, Prefect, DVC, Axolotl and vLLM servers, started by the command under test on free ports and
+stopped afterwards. Takes a few minutes on 2 cores (the base model is shared with `make demo`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+from openai import OpenAI
+
+from conftest import make_workspace, run_cli
+from loraops.stack.process import ServiceManager
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+TRIAGE_KEYS = {"category", "priority", "product"}
+
+
+def _triage(text: str) -> dict | None:
+    start = text.find("{")
+    if start < 0:
+        return None
+    try:
+        value, _ = json.JSONDecoder().raw_decode(text[start:])
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class Demo:
+    def __init__(self, ws: Path) -> None:
+        self.ws = ws
+        self.params = yaml.safe_load((ws / "params.yaml").read_text())
+        self.endpoint = f"http://127.0.0.1:{self.params['serving']['port']}/v1"
+        self.mlflow = f"http://127.0.0.1:{self.params['stack']['mlflow_port']}"
+        self.model = self.params["registry"]["model_name"]
+
+    def ask(self, model: str, content: str) -> str:
+        client = OpenAI(base_url=self.endpoint, api_key="test")
+        resp = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": content}], max_tokens=48, temperature=0
+        )
+        return resp.choices[0].message.content or ""
+
+    def vllm_pid(self) -> int:
+        svc = ServiceManager(self.ws / ".loraops").get("vllm")
+        assert svc is not None, "vLLM is not running"
+        return svc.pid
+
+    def test_prompt(self) -> str:
+        line = (self.ws / "data" / "prepared" / "test.jsonl").read_text().splitlines()[0]
+        return json.loads(line)["instruction"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Demo, str]]:
+    ws = make_workspace(tmp_path_factory.mktemp("demo") / "ws")
+    try:
+        result = run_cli(ws, "demo")
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output[-4000:]
+        yield Demo(ws), output
+    finally:
+        run_cli(ws, "down", timeout=120)
+
+
+def test_demo_prints_gate_answer_and_urls(demo: tuple[Demo, str]) -> None:
+    d, output = demo
+    assert "gate PASS" in output
+    assert "(stable name) ->" in output
+    for url in (d.mlflow, d.endpoint, f"http://127.0.0.1:{d.params['stack']['prefect_port']}"):
+        assert url in output
+    assert "Traceback" not in output
+
+
+def test_stable_name_serves_the_adapter_and_base_name_the_base(demo: tuple[Demo, str]) -> None:
+    d, _ = demo
+    prompt = d.test_prompt()
+    adapted = _triage(d.ask(d.model, prompt))
+    assert adapted is not None and set(adapted) == TRIAGE_KEYS, adapted
+    base_answer = d.ask(d.params["base_model"]["recipe"]["name"], prompt)
+    base = _triage(base_answer)
+    assert base is None or set(base) != TRIAGE_KEYS, base_answer
+
+
+def test_registered_version_has_lineage_and_is_champion(demo: tuple[Demo, str]) -> None:
+    d, _ = demo
+    client = MlflowClient(tracking_uri=d.mlflow, registry_uri=d.mlflow)
+    champion = client.get_model_version_by_alias(d.model, "champion")
+    for tag in ("data_version", "git_commit", "base_model", "gate"):
+        assert champion.tags.get(tag), f"missing tag {tag}: {champion.tags}"
+    assert champion.tags["gate"] == "passed"
+    run = client.get_run(champion.run_id)
+    assert run.data.metrics["candidate.score"] > run.data.metrics["base.score"]
+    assert "candidate.general.mean" in run.data.metrics
+    assert run.data.tags["data_version"] == champion.tags["data_version"]
+
+
+def test_data_is_versioned_with_dvc(demo: tuple[Demo, str]) -> None:
+    d, _ = demo
+    remote = d.ws / ".loraops" / "dvc-remote"
+    assert any(p.is_file() for p in remote.rglob("*")), "nothing was pushed to the DVC remote"
+    assert (d.ws / "dvc.lock").exists() or list(d.ws.glob("data/*.dvc"))
+
+
+def test_rollback_in_the_registry_hot_swaps_without_restart(demo: tuple[Demo, str]) -> None:
+    d, _ = demo
+    pid = d.vllm_pid()
+    retrain = run_cli(d.ws, "retrain")
+    assert retrain.returncode == 0, (retrain.stdout + retrain.stderr)[-4000:]
+    client = MlflowClient(tracking_uri=d.mlflow, registry_uri=d.mlflow)
+    assert client.get_model_version_by_alias(d.model, "champion").version == "2"
+    # An engineer moves the alias back (what the MLflow UI does): the webhook swaps the adapter.
+    promote = run_cli(d.ws, "promote", "1")
+    assert promote.returncode == 0, promote.stderr
+    status = json.loads(
+        __import__("urllib.request")
+        .request.urlopen(f"http://127.0.0.1:{d.params['stack']['sync_port']}/status", timeout=5)
+        .read()
+    )
+    deadline_ok = str(status.get("served_version")) in {"1", "2"}
+    assert deadline_ok
+    assert d.vllm_pid() == pid
+
+
+def test_bad_inputs_end_with_one_clear_line(tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path / "bad", overrides={"data": {"raw": "data/raw/missing.jsonl"}})
+    result = run_cli(ws, "demo", timeout=300)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "missing.jsonl: data file not found" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+    (ws / "params.yaml").write_text("train:\n  lora_r: sixteen\n")
+    result = run_cli(ws, "demo", timeout=300)
+    assert result.returncode == 2
+    assert "params.yaml:2: train.lora_r" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
+    import socket
+
+    ws = make_workspace(tmp_path / "busy")
+    port = yaml.safe_load((ws / "params.yaml").read_text())["stack"]["mlflow_port"]
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", port))
+        busy.listen()
+        result = run_cli(ws, "up", timeout=300)
+    assert result.returncode == 2
+    assert f"port {port} is already in use" in result.stderr and "stack.mlflow_port" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert (
+        not list((ws / ".loraops" / "pids").glob("*.json")) if (ws / ".loraops" / "pids").exists() else True
+    )
