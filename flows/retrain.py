@@ -74,8 +74,8 @@ def train_task(
         ws.root,
         params.train,
         base_model=base_model,
-        train_file=prepared.train_path,
-        val_file=prepared.val_path,
+        train_file=prepared.files["train"],
+        val_file=prepared.files["val"],
         run_dir=run_dir,
         on_line=show,
     )
@@ -107,7 +107,7 @@ def evaluate_task(
             base_name=params.base_model.name(),
             candidate_name=candidate_name,
             champion_name=champion_name,
-            test_records=read_jsonl(prepared.test_path),
+            test_records=read_jsonl(prepared.files["test"]),
             general_records=general_suite(params.base_model.recipe, params.evaluate.general_per_skill),
             params=params.evaluate,
             on_progress=logger.info,
@@ -142,7 +142,7 @@ def retrain(workspace: str | None = None) -> dict[str, Any]:
     registry = Registry(urls.mlflow, params.registry)
     lineage = {
         "data_version": data_version.tag(),
-        "data_dvc_hash": data_version.dvc_hash,
+        **data_version.as_tags(),
         "git_commit": git_commit(ws.root) or "unknown",
         "code_commit": git_commit(repo_root()) or "unknown",
         "base_model": params.base_model.source if params.base_model.source != "build" else base_model,
@@ -157,7 +157,7 @@ def retrain(workspace: str | None = None) -> dict[str, Any]:
         run.log_metrics(trained.final_metrics)
         run.log_artifacts(trained.adapter_dir, "adapter")
         run.log_artifact(trained.config_path, "axolotl")
-        for report_file in prepared.report_files():
+        for report_file in prepared.report_paths():
             run.log_artifact(report_file, "data-report")
         version = registry.register_adapter(run.run_id, "adapter", tags=lineage)
         logger.info("registered %s version %s", version.name, version.version)

@@ -46,12 +46,12 @@ class Params(BaseModel):
 
     base_model: BaseModelParams = Field(default_factory=BaseModelParams)
     data: DataParams = Field(default_factory=DataParams)
-    train: TrainParams = Field(default_factory=TrainParams)  # type: ignore[arg-type]
+    train: TrainParams = Field(default_factory=TrainParams)
     registry: RegistryParams = Field(default_factory=RegistryParams)
-    evaluate: EvalParams = Field(default_factory=EvalParams)  # type: ignore[arg-type]
-    gate: GateParams = Field(default_factory=GateParams)  # type: ignore[arg-type]
+    evaluate: EvalParams = Field(default_factory=EvalParams)
+    gate: GateParams = Field(default_factory=GateParams)
     serving: ServingParams = Field(default_factory=ServingParams)
-    stack: StackParams = Field(default_factory=StackParams)  # type: ignore[arg-type]
+    stack: StackParams = Field(default_factory=StackParams)
 
 
 def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:

@@ -117,8 +117,15 @@ def evaluate(model_dir: Path, suite: list[dict[str, str]], batch_size: int = 64)
                 correct += ok
                 stopped += ended
                 if len(samples) < 3 * len(by_skill) and sum(s["skill"] == skill for s in samples) < 3:
-                    samples.append({"skill": skill, "instruction": record["instruction"],
-                                    "expected": record["output"], "got": text, "stopped": ended})
+                    samples.append(
+                        {
+                            "skill": skill,
+                            "instruction": record["instruction"],
+                            "expected": record["output"],
+                            "got": text,
+                            "stopped": ended,
+                        }
+                    )
         per_skill[skill] = {
             "n": len(records),
             "exact_match": round(correct / len(records), 4),

@@ -38,7 +38,12 @@ BUILD_SOURCE = "build"
 # Files of a Hugging Face model directory the built model keeps (weights from Axolotl's output,
 # tokenizer from our own init so that nothing in the trainer can alter it).
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
 
 _LOSS = re.compile(r"""['"]loss['"]\s*:\s*['"]?([0-9.]+(?:e-?\d+)?)""")
 _TRAIN_LOSS = re.compile(r"""['"]train_loss['"]\s*:\s*['"]?([0-9.]+(?:e-?\d+)?)""")
@@ -151,8 +156,14 @@ def build_base_model(
         tmp = models_dir / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
         tmp.mkdir()
         try:
-            _build(recipe, tmp, target, on_line=on_line, template=template or default_template(),
-                   trainer=require(trainer or trainer_env()))
+            _build(
+                recipe,
+                tmp,
+                target,
+                on_line=on_line,
+                template=template or default_template(),
+                trainer=require(trainer or trainer_env()),
+            )
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target

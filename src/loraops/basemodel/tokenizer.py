@@ -50,7 +50,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     return tok
 
 
-def corpus_tokenizer(records: Iterable[Mapping[str, str]], extra_texts: Iterable[str], vocab_size: int) -> Tokenizer:
+def corpus_tokenizer(
+    records: Iterable[Mapping[str, str]], extra_texts: Iterable[str], vocab_size: int
+) -> Tokenizer:
     return train_tokenizer([*(alpaca_text(r) for r in records), *extra_texts], vocab_size)
 
 

@@ -12,10 +12,14 @@ Level = Literal["error", "warning", "ignore"]
 class SplitParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of examples in the validation split.")
-    test_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of examples in the test split.")
+    val_fraction: float = Field(
+        default=0.1, ge=0.0, lt=1.0, description="Share of examples in the validation split."
+    )
+    test_fraction: float = Field(
+        default=0.1, ge=0.0, lt=1.0, description="Share of examples in the test split."
+    )
     salt: str = Field(
-        "loraops",
+        default="loraops",
         description="Mixed into the split hash. Changing it reshuffles every example: keep it fixed.",
     )
 
@@ -30,15 +34,20 @@ class ReviewParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     all_below: int = Field(
-        1000, ge=0, description="Datasets with fewer examples than this are reviewed in full."
+        default=1000, ge=0, description="Datasets with fewer examples than this are reviewed in full."
     )
     fraction: float = Field(
-        0.15, gt=0.0, le=1.0, description="Share of examples sampled for review in larger datasets (10-20%)."
+        default=0.15,
+        gt=0.0,
+        le=1.0,
+        description="Share of examples sampled for review in larger datasets (10-20%).",
     )
     max_examples: int | None = Field(
-        None, ge=1, description="Upper bound on the review sample (unset: no bound)."
+        default=None, ge=1, description="Upper bound on the review sample (unset: no bound)."
     )
-    salt: str = Field("review", description="Mixed into the sampling hash; the sample is deterministic.")
+    salt: str = Field(
+        default="review", description="Mixed into the sampling hash; the sample is deterministic."
+    )
 
 
 class Threshold(BaseModel):
@@ -50,7 +59,8 @@ class Threshold(BaseModel):
         description="Share of examples (0-1) above which the finding is an error; 0: any occurrence."
     )
     level: Level = Field(
-        "warning", description="What the finding is at or below the threshold: warning, error or ignore."
+        default="warning",
+        description="What the finding is at or below the threshold: warning, error or ignore.",
     )
 
 
@@ -77,39 +87,39 @@ class PolicyParams(BaseModel):
         description="Examples sharing a normalised input with a different normalised output.",
     )
     drop_exact_duplicates: bool = Field(
-        True, description="Keep only the first of byte-identical examples in the prepared splits."
+        default=True, description="Keep only the first of byte-identical examples in the prepared splits."
     )
-    unknown_fields: Level = Field("warning", description="Fields the format does not define.")
-    blank_lines: Level = Field("warning", description="Empty lines between records.")
+    unknown_fields: Level = Field(default="warning", description="Fields the format does not define.")
+    blank_lines: Level = Field(default="warning", description="Empty lines between records.")
     replacement_characters: Level = Field(
-        "warning", description="U+FFFD in a text, the trace of an earlier failed decoding."
+        default="warning", description="U+FFFD in a text, the trace of an earlier failed decoding."
     )
-    min_examples: int = Field(1, ge=1, description="Fewer valid examples than this is an error.")
+    min_examples: int = Field(default=1, ge=1, description="Fewer valid examples than this is an error.")
     size_guidance: Level = Field(
-        "warning", description="Dataset size outside the range advised for data.task."
+        default="warning", description="Dataset size outside the range advised for data.task."
     )
     min_label_share: float = Field(
-        0.02,
+        default=0.02,
         ge=0.0,
         le=1.0,
         description="A value of a categorical field rarer than this share is reported as imbalance.",
     )
-    label_imbalance: Level = Field("warning", description="Level of the label-imbalance finding.")
+    label_imbalance: Level = Field(default="warning", description="Level of the label-imbalance finding.")
     max_line_bytes: int = Field(
-        16 * 1024 * 1024, ge=1024, description="Longest accepted line; bounds memory on broken files."
+        default=16 * 1024 * 1024, ge=1024, description="Longest accepted line; bounds memory on broken files."
     )
 
 
 class RemoteParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field("local", pattern=r"^[A-Za-z0-9_-]+$", description="DVC remote name.")
+    name: str = Field(default="local", pattern=r"^[A-Za-z0-9_-]+$", description="DVC remote name.")
     url: str = Field(
-        ".loraops/dvc-remote",
+        default=".loraops/dvc-remote",
         description="A directory (relative to the workspace, or absolute) or s3://bucket/prefix.",
     )
     endpoint_url: str | None = Field(
-        None, description="S3-compatible endpoint (MinIO, moto, ...); unset: AWS S3."
+        default=None, description="S3-compatible endpoint (MinIO, moto, ...); unset: AWS S3."
     )
 
     @property
@@ -120,20 +130,25 @@ class RemoteParams(BaseModel):
 class DataParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    raw: str = Field("data/raw/tickets.jsonl", description="Raw JSONL dataset, relative to the workspace.")
+    raw: str = Field(
+        default="data/raw/tickets.jsonl", description="Raw JSONL dataset, relative to the workspace."
+    )
     prepared_dir: str = Field(
-        "data/prepared", description="Where train/val/test.jsonl and the reports are written (DVC-tracked)."
+        default="data/prepared",
+        description="Where train/val/test.jsonl and the reports are written (DVC-tracked).",
     )
     format: Literal["auto", "alpaca", "chat"] = Field(
-        "auto",
+        default="auto",
         description="alpaca: instruction/input/output (Axolotl type alpaca); chat: messages with roles "
         "system/user/assistant (Axolotl type chat_template); auto: detected from the records.",
     )
     task: Literal["style", "domain", "complex"] = Field(
-        "style",
+        default="style",
         description="Kind of task, for the size guidance: style 100-500, domain 1k-10k, complex 10k-100k.",
     )
-    split: SplitParams = Field(default_factory=SplitParams)
-    review: ReviewParams = Field(default_factory=ReviewParams)
-    policy: PolicyParams = Field(default_factory=PolicyParams)
-    remote: RemoteParams = Field(default_factory=RemoteParams)
+    split: SplitParams = Field(default_factory=SplitParams, description="Train/val/test split.")
+    review: ReviewParams = Field(default_factory=ReviewParams, description="Sample for domain experts.")
+    policy: PolicyParams = Field(
+        default_factory=PolicyParams, description="Which findings are errors and which are warnings."
+    )
+    remote: RemoteParams = Field(default_factory=RemoteParams, description="DVC remote of the prepared data.")

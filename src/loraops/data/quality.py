@@ -19,6 +19,8 @@ import numpy.typing as npt
 
 ROW = np.dtype([("input", "<u8"), ("near", "<u8"), ("exact", "<u8"), ("line", "<u8")])
 BUCKETS = 64
+# Rows held in memory before spilling (32 bytes each; the analysis needs about twice that).
+KEY_BUDGET_ROWS = 1_000_000
 
 
 @dataclass
@@ -45,9 +47,9 @@ class KeyFindings:
 class KeyStore:
     """Collects (input, near, exact, line) keys; ``analyse`` finds duplicates and contradictions."""
 
-    def __init__(self, spill_dir: Path, budget_rows: int = 2_000_000) -> None:
+    def __init__(self, spill_dir: Path, budget_rows: int | None = None) -> None:
         self.spill_dir = spill_dir
-        self.budget_rows = budget_rows
+        self.budget_rows = budget_rows or KEY_BUDGET_ROWS
         self._chunks: list[npt.NDArray[np.void]] = []
         self._rows = 0
         self._spilled = False
@@ -55,7 +57,7 @@ class KeyStore:
 
     def add(self, input_key: int, near_key: int, exact_key: int, line: int) -> None:
         self._pending.append((input_key, near_key, exact_key, line))
-        if len(self._pending) >= 65536:
+        if len(self._pending) >= min(65536, self.budget_rows):
             self._flush_pending()
 
     def _flush_pending(self) -> None:
@@ -68,6 +70,8 @@ class KeyStore:
             self._spill()
 
     def _spill(self) -> None:
+        if not self._chunks:
+            return
         self.spill_dir.mkdir(parents=True, exist_ok=True)
         rows = np.concatenate(self._chunks)
         self._chunks, self._rows = [], 0
@@ -113,32 +117,34 @@ def _analyse_partition(
     keep: int,
     drop_exact: bool,
 ) -> None:
-    order = np.lexsort((rows["line"], rows["exact"], rows["near"], rows["input"]))
-    rows = rows[order]
     if len(rows) < 2:
         return
+    rows.sort(order=["input", "near", "exact", "line"])  # in place: no index array, no copy
     inp, near, exact, line = rows["input"], rows["near"], rows["exact"], rows["line"]
     same_input = inp[1:] == inp[:-1]
     same_near = same_input & (near[1:] == near[:-1])
     same_exact = same_near & (exact[1:] == exact[:-1])
-    # A row repeats the one before it; its "first" is the first row of its run.
+    del same_input
+    # A row repeating the one before it; the first row of its run is the earliest line.
     exact_dup = np.concatenate(([False], same_exact))
     near_dup = np.concatenate(([False], same_near)) & ~exact_dup
     found.exact_duplicates += int(exact_dup.sum())
     found.near_duplicates += int(near_dup.sum())
     if drop_exact and exact_dup.any():
         drops.append(line[exact_dup].astype(np.uint64))
-    idx = np.arange(len(rows))
-    exact_first = np.maximum.accumulate(np.where(exact_dup, 0, idx))
-    near_first = np.maximum.accumulate(np.where(np.concatenate(([False], same_near)), 0, idx))
+    exact_starts = np.flatnonzero(~exact_dup)
     for i in np.flatnonzero(exact_dup)[: keep * 4]:
-        _push(found.exact_pairs, (int(line[i]), int(line[exact_first[i]])), keep)
+        first = exact_starts[np.searchsorted(exact_starts, i, side="right") - 1]
+        _push(found.exact_pairs, (int(line[i]), int(line[first])), keep)
     # Runs are sorted by exact key, so the two lines of a near pair can come in either order.
+    near_starts = np.flatnonzero(np.concatenate(([True], ~same_near)))
     for i in np.flatnonzero(near_dup)[: keep * 4]:
-        a, b = int(line[i]), int(line[near_first[i]])
+        first = near_starts[np.searchsorted(near_starts, i, side="right") - 1]
+        a, b = int(line[i]), int(line[first])
         _push(found.near_pairs, (max(a, b), min(a, b)), keep)
+    del exact_dup, near_dup, same_near, same_exact
     # Contradictions: a run of equal inputs holding more than one near key.
-    starts = np.flatnonzero(np.concatenate(([True], ~same_input)))
+    starts = np.flatnonzero(np.concatenate(([True], inp[1:] != inp[:-1])))
     ends = np.append(starts[1:], len(rows))
     multi = ends - starts > 1
     for s, e in zip(starts[multi], ends[multi], strict=True):

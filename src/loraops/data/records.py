@@ -7,6 +7,7 @@ raising, so that a file is reported in full, not up to its first problem.
 from __future__ import annotations
 
 import difflib
+import itertools
 import json
 import re
 import unicodedata
@@ -153,9 +154,14 @@ def _text_problems(value: str, where: str) -> list[tuple[str, str, Severity]]:
 def _type_name(value: Any) -> str:
     if value is None:
         return "null"
-    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}.get(
-        type(value), type(value).__name__
-    )
+    return {
+        dict: "object",
+        list: "array",
+        str: "string",
+        bool: "boolean",
+        int: "number",
+        float: "number",
+    }.get(type(value), type(value).__name__)
 
 
 def _suggest(name: str, known: tuple[str, ...]) -> str:
@@ -240,7 +246,9 @@ def check_chat(obj: Any) -> tuple[Example | None, Problems]:
         if "role" not in msg:
             problems.append(("missing_field", f"{where} has no 'role'", "error"))
         elif not isinstance(role, str):
-            problems.append(("wrong_type", f"{where}: 'role' must be a string, got {_type_name(role)}", "error"))
+            problems.append(
+                ("wrong_type", f"{where}: 'role' must be a string, got {_type_name(role)}", "error")
+            )
         elif role not in CHAT_ROLES:
             problems.append(
                 (
@@ -264,19 +272,27 @@ def check_chat(obj: Any) -> tuple[Example | None, Problems]:
             problems.extend(_text_problems(content, where))
     if "system" in roles[1:]:
         at = roles.index("system", 1) + 1
-        problems.append(("misplaced_system", f"system message at position {at}: only the first may be", "error"))
+        problems.append(
+            ("misplaced_system", f"system message at position {at}: only the first may be", "error")
+        )
     if "user" not in roles:
         problems.append(("no_user_turn", "conversation has no user message", "error"))
     if roles[-1] != "assistant":
         problems.append(
-            ("last_turn_not_assistant", f"conversation ends with a '{roles[-1]}' turn, not 'assistant'", "error")
+            (
+                "last_turn_not_assistant",
+                f"conversation ends with a '{roles[-1]}' turn, not 'assistant'",
+                "error",
+            )
         )
     turns = [r for r in roles if r in ("user", "assistant")]
-    if any(a == b for a, b in zip(turns, turns[1:], strict=False)):
+    if any(a == b for a, b in itertools.pairwise(turns)):
         problems.append(("roles_not_alternating", "user and assistant turns do not alternate", "warning"))
     for name in obj:
         if name != "messages":
-            problems.append(("unknown_field", f"unknown field '{name}'{_suggest(name, ('messages',))}", "warning"))
+            problems.append(
+                ("unknown_field", f"unknown field '{name}'{_suggest(name, ('messages',))}", "warning")
+            )
     if any(sev == "error" for _, _, sev in problems):
         return None, problems
     context = "\n".join(f"{m['role']}: {m['content']}" for m in messages[:-1])
@@ -311,10 +327,20 @@ def normalise(text: str) -> str:
     return _NON_WORD.sub(" ", text.casefold()).strip()
 
 
+class Hasher:
+    """A stable salted 64-bit hash of text (the same on every machine and Python version)."""
+
+    def __init__(self, salt: str = "") -> None:
+        self._base = blake2b(salt.encode("utf-8") + b"\x00", digest_size=8)
+
+    def __call__(self, text: str) -> int:
+        h = self._base.copy()
+        h.update(text.encode("utf-8", "surrogatepass"))
+        return int.from_bytes(h.digest(), "big")
+
+
 def key64(text: str, salt: str = "") -> int:
-    """A stable 64-bit hash (the same on every machine and Python version)."""
-    digest = blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8, person=salt.encode()[:16])
-    return int.from_bytes(digest.digest(), "big")
+    return Hasher(salt)(text)
 
 
 def canonical_line(record: dict[str, Any]) -> str:

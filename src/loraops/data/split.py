@@ -9,37 +9,46 @@ from __future__ import annotations
 from typing import Literal
 
 from loraops.data.params import ReviewParams, SplitParams
-from loraops.data.records import key64
+from loraops.data.records import Hasher
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
 _SCALE = float(1 << 64)
 
 
-def unit(normalised_input: str, salt: str) -> float:
-    """A number in [0, 1) fixed by the text and the salt."""
-    return key64(normalised_input, salt) / _SCALE
+class Splitter:
+    """Assigns a split to a normalised input. Build once per run (the salted hasher is reused)."""
+
+    def __init__(self, params: SplitParams) -> None:
+        self._hash = Hasher("split:" + params.salt)
+        self._test = params.test_fraction
+        self._val_end = params.test_fraction + params.val_fraction
+
+    def __call__(self, normalised_input: str) -> Split:
+        u = self._hash(normalised_input) / _SCALE
+        if u < self._test:
+            return "test"
+        if u < self._val_end:
+            return "val"
+        return "train"
 
 
 def assign_split(normalised_input: str, params: SplitParams) -> Split:
-    u = unit(normalised_input, "split:" + params.salt)
-    if u < params.test_fraction:
-        return "test"
-    if u < params.test_fraction + params.val_fraction:
-        return "val"
-    return "train"
+    return Splitter(params)(normalised_input)
 
 
 def review_fraction(total: int, params: ReviewParams) -> float:
     """Share of examples to sample: all of a small dataset, else ``fraction`` (bounded by max_examples)."""
-    if total < params.all_below:
-        share = 1.0
-    else:
-        share = params.fraction
+    share = 1.0 if total < params.all_below else params.fraction
     if params.max_examples is not None and total:
         share = min(share, params.max_examples / total)
     return share
 
 
-def in_review(normalised_input: str, share: float, params: ReviewParams) -> bool:
-    return share >= 1.0 or unit(normalised_input, "review:" + params.salt) < share
+def review_key(params: ReviewParams) -> Hasher:
+    """Hash of the normalised input for review sampling: in the sample when ``key / 2**64 < share``."""
+    return Hasher("review:" + params.salt)
+
+
+def in_review(key: int, share: float) -> bool:
+    return share >= 1.0 or key / _SCALE < share

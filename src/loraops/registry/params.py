@@ -11,19 +11,21 @@ class RegistryParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model_name: str = Field(
-        "support-triage",
+        default="support-triage",
         min_length=1,
         description="Registered model in MLflow; every adapter becomes a version of it. Also the name "
         "vLLM serves the champion under.",
     )
     champion_alias: str = Field(
-        "champion",
+        default="champion",
         min_length=1,
         max_length=255,
         pattern=r"^[\w-]+$",
         description="Alias of the version that is served. Moving it (MLflow UI or the gate) redeploys.",
     )
-    experiment: str = Field("loraops", min_length=1, description="MLflow experiment that runs are logged to.")
+    experiment: str = Field(
+        default="loraops", min_length=1, description="MLflow experiment that runs are logged to."
+    )
 
     @field_validator("champion_alias")
     @classmethod

@@ -13,6 +13,10 @@ from pathlib import Path
 from loraops.errors import StackError
 from loraops.stack.process import ServiceSpec
 
+# The server caches its webhook list per event this long (MLflow's default is 60 s, so a webhook created
+# just after an alias event would miss the alias moves of the next minute).
+WEBHOOK_CACHE_TTL_S = 1
+
 
 def read_or_create_secret(path: Path, make: Callable[[], str]) -> str:
     """The secret stored in ``path``; on first use ``make()`` one and store it readable by the owner only."""
@@ -52,9 +56,7 @@ def mlflow_service_spec(state_dir: Path, port: int, host: str = "127.0.0.1") -> 
         # The alias sync hook listens on loopback, which MLflow's SSRF guard refuses by default.
         "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
         "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": webhook_encryption_key(state_dir),
-        # The server caches the webhook list per event for 60 s by default, so a webhook created just
-        # after an alias event would miss the next alias moves for up to a minute.
-        "MLFLOW_WEBHOOK_CACHE_TTL": "1",
+        "MLFLOW_WEBHOOK_CACHE_TTL": str(WEBHOOK_CACHE_TTL_S),
         # Job execution (GenAI judges, trace rollups) is not used and starts six huey consumer processes.
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }

@@ -47,7 +47,7 @@ def _info(mv: ModelVersion) -> ModelVersionInfo:
         name=mv.name,
         version=str(mv.version),
         run_id=mv.run_id or None,
-        source=mv.source,
+        source=mv.source or "",
         tags={str(k): str(v) for k, v in (mv.tags or {}).items()},
         aliases=tuple(mv.aliases or ()),
     )
@@ -280,6 +280,15 @@ class Registry:
     def set_champion(self, version: str) -> None:
         """Move the champion alias; MLflow then fires the webhook that redeploys the server."""
         self.set_alias(self.params.champion_alias, version)
+
+    def clear_champion(self) -> None:
+        """Remove the champion alias (no version is champion afterwards); a no-op when it is not set."""
+        with self.errors(f"removing alias {self.params.champion_alias!r} of {self.params.model_name}"):
+            try:
+                self.client.delete_registered_model_alias(self.params.model_name, self.params.champion_alias)
+            except MlflowException as exc:
+                if not _not_found(exc):
+                    raise
 
     def download_adapter(self, version: str, dest: Path) -> Path:
         """Download the version's adapter directory to ``dest``, replacing what is there.

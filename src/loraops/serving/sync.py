@@ -31,12 +31,13 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from loraops.registry.server import read_or_create_secret
-from loraops.registry.tracking import ModelVersionInfo
 from loraops.stack.process import ServiceSpec
-from loraops.workspace import Workspace
+
+if TYPE_CHECKING:  # importing the registry adapter imports mlflow, which is slow
+    from loraops.registry.tracking import ModelVersionInfo
 
 HOOK_PATH = "/hooks/mlflow"
 SIGNATURE_TOLERANCE_S = 300.0
@@ -228,6 +229,9 @@ class AliasSync:
             return {
                 "model": self.model_name,
                 "alias": self.alias,
+                "served_version": self.serving.version if self.serving else None,
+                "served_path": self.serving.path if self.serving else None,
+                "error": self.last.error if self.last else None,  # set while the last attempt failed
                 "serving": asdict(self.serving) if self.serving else None,
                 "last": self.last.to_dict() if self.last else None,
                 "last_failure": self.last_failure.to_dict() if self.last_failure else None,
@@ -238,9 +242,13 @@ class AliasSync:
             self.last = result
             if not result.ok:
                 self.last_failure = result
-            elif result.action in ("loaded", "unchanged") and result.version and result.path:
-                if self.serving is None or self.serving.path != result.path:
-                    self.serving = Served(result.version, result.path, result.at)
+            elif (
+                result.action in ("loaded", "unchanged")
+                and result.version
+                and result.path
+                and (self.serving is None or self.serving.path != result.path)
+            ):
+                self.serving = Served(result.version, result.path, result.at)
         return result
 
     def _prune(self, keep: set[Path]) -> None:
@@ -264,6 +272,7 @@ class SyncServer(ThreadingHTTPServer):
         self.secret = secret
         self._count_lock = threading.Lock()
         self.deliveries = {"accepted": 0, "rejected": 0}
+        self.webhook: dict[str, Any] = {"registered": None, "error": None}  # None: not asked to register
 
     def count(self, outcome: str) -> None:
         with self._count_lock:
@@ -272,7 +281,7 @@ class SyncServer(ThreadingHTTPServer):
     def status(self) -> dict[str, Any]:
         with self._count_lock:
             counts = dict(self.deliveries)
-        return {**self.sync.status(), "deliveries": counts}
+        return {**self.sync.status(), "deliveries": counts, "webhook": dict(self.webhook)}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -328,7 +337,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         # 500 on failure: MLflow retries, and the delivery shows as failed in its server log.
         result = self.server.sync.handle(event)
+        sys.stderr.write(f"{result.at} webhook {event}: {json.dumps(result.to_dict())}\n")
         self._reply(200 if result.ok else 500, result.to_dict())
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        if self.command == "GET" and self.path in ("/health", "/status") and code == 200:
+            return  # polled constantly; only the rest is worth a log line
+        super().log_request(code, size)
 
     def log_message(self, format: str, *args: Any) -> None:
         sys.stderr.write(f"{_utc_now()} {self.address_string()} {format % args}\n")
@@ -339,67 +354,92 @@ def webhook_secret(path: Path) -> str:
     return read_or_create_secret(path, lambda: secrets.token_urlsafe(32))
 
 
+def connect_host(host: str) -> str:
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host  # noqa: S104 (only compared)
+
+
 def hook_url(host: str, port: int) -> str:
-    return f"http://{host}:{port}{HOOK_PATH}"
+    return f"http://{connect_host(host)}:{port}{HOOK_PATH}"
 
 
 def sync_service_spec(
-    workspace: Workspace,
+    state_dir: Path,
     port: int,
     tracking_uri: str,
     vllm_url: str,
     model_name: str,
     alias: str,
     secret_file: Path,
+    adapters_dir: Path,
     host: str = "127.0.0.1",
     reconcile_interval_s: float = 30.0,
+    max_lora_rank: int | None = None,
+    swap: Literal["reload", "inplace"] = "reload",
+    webhook_url: str | None = None,
 ) -> ServiceSpec:
+    """The hook as a managed service. At start it registers its own MLflow webhook (``webhook_url``,
+    default ``http://<host>:<port>/hooks/mlflow``), then reconciles. ``max_lora_rank`` and ``swap`` are
+    the serving params' (the vLLM client refuses too large an adapter before the server is asked)."""
     command = [
-        sys.executable,
-        "-m",
-        "loraops.serving.sync",
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--tracking-uri",
-        tracking_uri,
-        "--vllm-url",
-        vllm_url,
-        "--model-name",
-        model_name,
-        "--alias",
-        alias,
-        "--secret-file",
-        str(secret_file),
-        "--adapters-dir",
-        str(workspace.serving_adapters),
-        "--reconcile-interval",
-        str(reconcile_interval_s),
-    ]
+        sys.executable, "-m", "loraops.serving.sync",
+        "--host", host,
+        "--port", str(port),
+        "--tracking-uri", tracking_uri,
+        "--vllm-url", vllm_url,
+        "--model-name", model_name,
+        "--alias", alias,
+        "--secret-file", str(secret_file),
+        "--adapters-dir", str(adapters_dir),
+        "--reconcile-interval", str(reconcile_interval_s),
+        "--swap", swap,
+        "--webhook-url", webhook_url or hook_url(host, port),
+    ]  # fmt: skip
+    if max_lora_rank is not None:
+        command += ["--max-lora-rank", str(max_lora_rank)]
     return ServiceSpec(
         name="sync",
         command=command,
         port=port,
-        health_url=f"http://{host}:{port}/health",
-        env={"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"},
-        cwd=workspace.root,
+        health_url=f"http://{connect_host(host)}:{port}/health",
+        env={"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "PYTHONUNBUFFERED": "1"},
+        cwd=state_dir,
         start_timeout_s=60.0,
         config_key="stack.sync_port",
     )
 
 
-def serve(sync: AliasSync, secret: str, host: str, port: int, reconcile_interval_s: float) -> None:
-    """Serve until SIGTERM/SIGINT; reconcile at start and then every ``reconcile_interval_s`` (0: never)."""
+def serve(
+    sync: AliasSync,
+    secret: str,
+    host: str,
+    port: int,
+    reconcile_interval_s: float,
+    register_webhook: Callable[[], None] | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT; reconcile at start and then every ``reconcile_interval_s`` (0: never).
+
+    ``register_webhook`` runs before the first reconcile (so no alias move falls between the two) and
+    is retried until it succeeds: MLflow may come up after the hook.
+    """
     httpd = SyncServer((host, port), sync, secret)
     stop = threading.Event()
 
     def loop() -> None:
         trigger = "startup"
+        pending = register_webhook
         while not stop.is_set():
+            if pending is not None:
+                try:
+                    pending()
+                    httpd.webhook = {"registered": True, "error": None}
+                    pending = None
+                except Exception as exc:  # retried on the next round
+                    httpd.webhook = {"registered": False, "error": _describe(exc)}
+                    sys.stderr.write(f"{_utc_now()} registering the webhook failed: {_describe(exc)}\n")
             result = sync.reconcile(trigger=trigger)
             sys.stderr.write(f"{result.at} reconcile ({trigger}): {json.dumps(result.to_dict())}\n")
-            if reconcile_interval_s <= 0 or stop.wait(reconcile_interval_s):
+            wait = reconcile_interval_s if reconcile_interval_s > 0 else (5.0 if pending else 0.0)
+            if wait <= 0 or stop.wait(wait):
                 return
             trigger = "periodic"
 
@@ -430,6 +470,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--secret-file", type=Path, required=True)
     parser.add_argument("--adapters-dir", type=Path, required=True)
     parser.add_argument("--reconcile-interval", type=float, default=30.0, help="seconds; 0 turns it off")
+    parser.add_argument("--max-lora-rank", type=int, default=None, help="the vLLM server's --max-lora-rank")
+    parser.add_argument("--swap", choices=["reload", "inplace"], default="reload")
+    parser.add_argument(
+        "--webhook-url",
+        default=None,
+        help="register this URL as MLflow webhook at start (how MLflow reaches us)",
+    )
+    parser.add_argument("--no-webhook", action="store_true", help="do not register a webhook at start")
     args = parser.parse_args(argv)
 
     from loraops.registry.params import RegistryParams
@@ -437,10 +485,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from loraops.serving.vllm import VllmClient
 
     registry = Registry(
-        args.tracking_uri, RegistryParams(model_name=args.model_name, champion_alias=args.alias)
+        args.tracking_uri,
+        RegistryParams(model_name=args.model_name, champion_alias=args.alias),
     )
-    sync = AliasSync(registry, VllmClient(args.vllm_url), args.adapters_dir, args.model_name, args.alias)
-    serve(sync, webhook_secret(args.secret_file), args.host, args.port, args.reconcile_interval)
+    sync = AliasSync(
+        registry,
+        VllmClient(args.vllm_url, max_lora_rank=args.max_lora_rank, swap=args.swap),
+        args.adapters_dir,
+        args.model_name,
+        args.alias,
+    )
+    secret = webhook_secret(args.secret_file)
+    url = args.webhook_url or hook_url(args.host, args.port)
+    register = None if args.no_webhook else (lambda: registry.ensure_webhook(url, secret))
+    serve(sync, secret, args.host, args.port, args.reconcile_interval, register)
     return 0
 
 

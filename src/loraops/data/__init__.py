@@ -1,0 +1,1 @@
+"""The data stage: validate, prepare (split + quality report + review sample), version with DVC."""

@@ -1,0 +1,170 @@
+"""`loraops data validate | prepare | version | checkout` (argparse wiring; the work is elsewhere)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loraops.data.params import DataParams
+from loraops.data.records import Issue
+from loraops.workspace import Workspace
+
+
+@dataclass
+class DataContext:
+    """What the data commands need from params.yaml and the base model."""
+
+    params: DataParams
+    tokenizer_dir: Path | None
+    sequence_len: int
+
+
+Resolver = Callable[[Workspace, bool], DataContext]
+
+
+def default_context(workspace: Workspace, need_tokenizer: bool) -> DataContext:
+    """params.yaml's data section, train.sequence_len, and the base model's directory (the built
+    model is built first if it is not in the cache yet)."""
+    from loraops.config import load_params
+
+    params = load_params(workspace.params_file)
+    tokenizer: Path | None = None
+    if need_tokenizer:
+        from loraops.basemodel.build import resolve_base_model
+
+        source = resolve_base_model(params.base_model.source, params.base_model.recipe, workspace.models)
+        tokenizer = Path(source)
+    return DataContext(params.data, tokenizer, params.train.sequence_len)
+
+
+def _workspace(args: argparse.Namespace) -> Workspace:
+    return Workspace.from_env(getattr(args, "workspace", None))
+
+
+def _context(args: argparse.Namespace, resolve: Resolver, need_tokenizer: bool) -> DataContext:
+    ws = _workspace(args)
+    explicit_tok = getattr(args, "tokenizer", None)
+    ctx = resolve(ws, need_tokenizer and explicit_tok is None)
+    overrides: dict[str, Any] = {}
+    if getattr(args, "raw", None):
+        overrides["raw"] = args.raw
+    if getattr(args, "format", None):
+        overrides["format"] = args.format
+    if overrides:
+        ctx.params = ctx.params.model_copy(update=overrides)
+    if explicit_tok is not None:
+        ctx.tokenizer_dir = Path(explicit_tok).resolve()
+    if not need_tokenizer:
+        ctx.tokenizer_dir = None
+    if getattr(args, "sequence_len", None):
+        ctx.sequence_len = args.sequence_len
+    return ctx
+
+
+def _printer(quiet: bool) -> Callable[[Issue], None]:
+    def show(issue: Issue) -> None:
+        if not quiet or issue.severity == "error":
+            print(issue, file=sys.stderr, flush=True)
+
+    return show
+
+
+def cmd_validate(args: argparse.Namespace, resolve: Resolver = default_context) -> int:
+    from loraops.data.prepare import validate
+    from loraops.data.report import build_report, write_report
+    from loraops.data.validate import summary_line
+
+    ctx = _context(args, resolve, need_tokenizer=not args.no_tokens)
+    result = validate(
+        _workspace(args),
+        ctx.params,
+        tokenizer_dir=ctx.tokenizer_dir,
+        sequence_len=ctx.sequence_len if ctx.tokenizer_dir else None,
+        on_issue=_printer(args.quiet),
+    )
+    if args.report:
+        out = Path(args.report)
+        out.mkdir(parents=True, exist_ok=True)
+        tok = {"name": ctx.tokenizer_dir.name, "md5": None} if ctx.tokenizer_dir else None
+        report = build_report(result, ctx.params, tokenizer=tok, prepared=None, dropped=None, review=None)
+        write_report(report, out / "report.json", out / "report.html")
+    print(summary_line(result))
+    return 0 if result.ok else 1
+
+
+def cmd_prepare(args: argparse.Namespace, resolve: Resolver = default_context) -> int:
+    from loraops.data.prepare import prepare
+
+    ctx = _context(args, resolve, need_tokenizer=not args.no_tokens)
+    result = prepare(
+        _workspace(args),
+        ctx.params,
+        tokenizer_dir=ctx.tokenizer_dir,
+        sequence_len=ctx.sequence_len,
+        on_issue=_printer(args.quiet),
+        force=args.force,
+    )
+    print(json.dumps(result.to_json(), indent=2) if args.json else result.summary())
+    return 0
+
+
+def cmd_version(args: argparse.Namespace, resolve: Resolver = default_context) -> int:
+    from loraops.data.versioning import version_data
+
+    ctx = _context(args, resolve, need_tokenizer=False)
+    version = version_data(_workspace(args), ctx.params, push=not args.no_push)
+    print(json.dumps(version.as_tags(), indent=2) if args.json else version.tag())
+    return 0
+
+
+def cmd_checkout(args: argparse.Namespace, resolve: Resolver = default_context) -> int:
+    from loraops.data.versioning import DataVersion, checkout_data
+
+    ctx = _context(args, resolve, need_tokenizer=False)
+    version = DataVersion.parse(args.version, ctx.params.prepared_dir)
+    path = checkout_data(_workspace(args), version, remote=args.remote)
+    print(f"restored data version {version.dvc_hash} into {path}")
+    return 0
+
+
+def add_data_commands(subparsers: Any, resolve: Resolver = default_context) -> None:
+    """Register `data validate|prepare|version|checkout` on the CLI's subparsers."""
+    data = subparsers.add_parser("data", help="validate, prepare and version the training data")
+    sub = data.add_subparsers(dest="data_command", required=True)
+
+    def tokens(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--tokenizer", help="model directory with tokenizer.json (default: the base model)")
+        p.add_argument("--sequence-len", type=int, help="override train.sequence_len")
+        p.add_argument("--no-tokens", action="store_true", help="skip the token-length check")
+        p.add_argument("--raw", help="override data.raw")
+        p.add_argument("--format", choices=["auto", "alpaca", "chat"], help="override data.format")
+        p.add_argument("-q", "--quiet", action="store_true", help="print errors only, not warnings")
+
+    def bind(func: Callable[[argparse.Namespace, Resolver], int]) -> Callable[[argparse.Namespace], int]:
+        return lambda args: func(args, resolve)
+
+    v = sub.add_parser("validate", help="check the raw data; exit code 1 when it has errors")
+    tokens(v)
+    v.add_argument("--report", help="also write report.json and report.html into this directory")
+    v.set_defaults(func=bind(cmd_validate))
+
+    p = sub.add_parser("prepare", help="validate, split, report; writes data.prepared_dir atomically")
+    tokens(p)
+    p.add_argument("--force", action="store_true", help="prepare even when nothing changed")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=bind(cmd_prepare))
+
+    ver = sub.add_parser("version", help="track the prepared data with DVC, push it, print its version")
+    ver.add_argument("--no-push", action="store_true", help="commit to the DVC cache only")
+    ver.add_argument("--json", action="store_true", help="print the version as JSON tags")
+    ver.set_defaults(func=bind(cmd_version))
+
+    co = sub.add_parser("checkout", help="restore the prepared data of a version (<md5>@<commit>)")
+    co.add_argument("version")
+    co.add_argument("--remote", help="DVC remote to pull from (default: data.remote.name)")
+    co.set_defaults(func=bind(cmd_checkout))

@@ -1,0 +1,318 @@
+"""Prepared data under DVC: the `prepare` stage of dvc.yaml, the remote, push, and checkout by version.
+
+The only side effects of versioning are here: the `dvc` CLI of the control environment (run as a
+subprocess) and DVC's own config writer. The data version is the DVC content hash of the prepared
+directory (the md5 of its ``.dir`` manifest) plus the git commit of the workspace. Restoring a version
+needs only the hash: the manifest and files are taken from the DVC cache, else pulled from the remote,
+checked against the manifest and swapped in as a whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from loraops.data.params import DataParams
+from loraops.data.prepare import is_current, publish_dir, recover_dir
+from loraops.errors import DataError
+from loraops.vcs import git_commit
+from loraops.workspace import Workspace
+
+STAGE = "prepare"
+_HASH = re.compile(r"^[0-9a-f]{32}$")
+# Kept out of DVC's view of the workspace: its scan of the tree would walk environments and state.
+DVCIGNORE = ("/.loraops/", "/.venv/", "/.venvs/")
+
+
+@dataclass(frozen=True)
+class DataVersion:
+    """What a model was trained on: DVC content hash of the prepared dir, and the workspace commit."""
+
+    dvc_hash: str  # md5 of the prepared directory's .dir manifest (without the ".dir" suffix)
+    git_commit: str | None  # HEAD of the workspace, with "-dirty" when it had uncommitted changes
+    path: str  # the prepared dir, relative to the workspace
+
+    def tag(self) -> str:
+        """``<dvc_hash>@<git_commit>``: what `loraops data checkout` takes."""
+        return f"{self.dvc_hash}@{self.git_commit or 'none'}"
+
+    def as_tags(self) -> dict[str, str]:
+        """MLflow tags for runs and registered versions."""
+        return {
+            "data.version": self.tag(),
+            "data.dvc_hash": self.dvc_hash,
+            "data.git_commit": self.git_commit or "",
+            "data.path": self.path,
+        }
+
+    @classmethod
+    def parse(cls, text: str, path: str = "data/prepared") -> DataVersion:
+        """Accepts ``<hash>``, ``<hash>.dir`` or ``<hash>@<commit>``."""
+        digest, _, commit = text.strip().partition("@")
+        digest = digest.removesuffix(".dir")
+        if not _HASH.match(digest):
+            raise DataError(
+                f"not a data version: {text!r}",
+                hint="expected <md5>@<commit> as printed by `loraops data version`",
+            )
+        return cls(digest, commit if commit and commit != "none" else None, path)
+
+
+# ---------------------------------------------------------------- the dvc CLI
+
+
+def dvc_executable() -> Path:
+    exe = Path(sys.executable).parent / "dvc"
+    if not exe.exists():
+        found = shutil.which("dvc")
+        if found is None:
+            raise DataError(
+                "the dvc command is missing", hint="run `make envs` (dvc lives in the control env)"
+            )
+        exe = Path(found)
+    return exe
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    # `dvc repro` runs `loraops data prepare`: the control env's bin/ must be on its PATH.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    return env
+
+
+def run_dvc(cwd: Path, *args: str, what: str | None = None) -> str:
+    cmd = [str(dvc_executable()), *args]
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        errors = [ln for ln in lines if ln.startswith("ERROR")] or lines[-2:]
+        raise DataError(
+            f"{what or 'dvc ' + ' '.join(args)} failed: {' | '.join(errors)[:500]}",
+            hint="see the DVC message; `dvc doctor` shows the DVC setup",
+        )
+    return proc.stdout
+
+
+# ---------------------------------------------------------------- repository and remote
+
+
+def remote_url(workspace: Workspace, params: DataParams) -> str:
+    url = params.remote.url
+    if params.remote.is_s3 or "://" in url:
+        return url
+    return str((workspace.root / url).resolve())
+
+
+def ensure_dvc_repo(workspace: Workspace, params: DataParams) -> None:
+    """`dvc init` when needed (the workspace must be a git repository), the DVC ignore list, the
+    `prepare` stage in dvc.yaml, and the remote of params.yaml as the default remote.
+
+    The remote goes to ``.dvc/config.local`` (not committed): params.yaml stays the one place to set
+    it, and a local remote's absolute path never ends up in git.
+    """
+    root = workspace.root
+    if not (root / ".git").exists():
+        raise DataError(f"{root} is not a git repository", hint="run `git init` in the workspace first")
+    if not (root / ".dvc").is_dir():
+        run_dvc(root, "init", "--quiet", what="dvc init")
+    ignore = root / ".dvcignore"
+    lines = ignore.read_text("utf-8").splitlines() if ignore.exists() else []
+    missing = [p for p in DVCIGNORE if p not in lines]
+    if missing:
+        with ignore.open("a", encoding="utf-8") as fh:
+            fh.write("".join(f"{p}\n" for p in missing))
+    ensure_prepare_stage(workspace, params)
+    _configure_remote(root, params.remote.name, remote_url(workspace, params), params.remote.endpoint_url)
+
+
+def _configure_remote(repo: Path, name: str, url: str, endpoint_url: str | None) -> None:
+    from dvc.config import Config
+
+    config = Config(dvc_dir=str(repo / ".dvc"), validate=False)
+    with config.edit("local") as conf:
+        remote: dict[str, Any] = {"url": url}
+        if endpoint_url:
+            remote["endpointurl"] = endpoint_url
+        conf["remote"][name] = remote
+        conf["core"]["remote"] = name
+
+
+def prepare_stage(workspace: Workspace, params: DataParams) -> dict[str, Any]:
+    """The `prepare` stage, with the inputs of loraops' own unchanged-check: the raw file and the
+    params sections that change the output (only those params.yaml has: DVC fails on missing keys)."""
+    present: dict[str, Any] = {}
+    if workspace.params_file.exists():
+        loaded = yaml.safe_load(workspace.params_file.read_text("utf-8"))
+        present = loaded if isinstance(loaded, dict) else {}
+    keys = []
+    if "data" in present:
+        keys.append("data")
+    if isinstance(present.get("train"), dict) and "sequence_len" in present["train"]:
+        keys.append("train.sequence_len")
+    if "base_model" in present:
+        keys.append("base_model")
+    stage: dict[str, Any] = {"cmd": "loraops data prepare", "deps": [params.raw]}
+    if keys:
+        stage["params"] = keys
+    stage["outs"] = [params.prepared_dir]
+    return stage
+
+
+def ensure_prepare_stage(workspace: Workspace, params: DataParams) -> None:
+    """Add the `prepare` stage to dvc.yaml unless there is one (a user-written stage is kept)."""
+    path = workspace.root / "dvc.yaml"
+    doc: dict[str, Any] = {}
+    if path.exists():
+        loaded = yaml.safe_load(path.read_text("utf-8"))
+        doc = loaded if isinstance(loaded, dict) else {}
+    stages = doc.setdefault("stages", {}) or {}
+    doc["stages"] = stages
+    if STAGE in stages:
+        outs = [o if isinstance(o, str) else next(iter(o)) for o in stages[STAGE].get("outs", [])]
+        if params.prepared_dir not in outs:
+            raise DataError(
+                f"dvc.yaml: stage '{STAGE}' does not output {params.prepared_dir}",
+                hint="make its outs match data.prepared_dir in params.yaml",
+            )
+        return
+    stages[STAGE] = prepare_stage(workspace, params)
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(yaml.safe_dump(doc, sort_keys=False), "utf-8")
+    tmp.replace(path)
+
+
+# ---------------------------------------------------------------- version and push
+
+
+def locked_hash(workspace: Workspace, params: DataParams) -> str | None:
+    """The md5 recorded for the prepared dir in dvc.lock, if any."""
+    lock = workspace.root / "dvc.lock"
+    if not lock.exists():
+        return None
+    doc = yaml.safe_load(lock.read_text("utf-8")) or {}
+    for out in (doc.get("stages", {}).get(STAGE, {}) or {}).get("outs", []):
+        if out.get("path") == params.prepared_dir:
+            md5 = str(out.get("md5", ""))
+            return md5.removesuffix(".dir") or None
+    return None
+
+
+def version_data(workspace: Workspace, params: DataParams, *, push: bool = True) -> DataVersion:
+    """Record the prepared data in the DVC cache and dvc.lock (``dvc commit`` of the prepare stage),
+    push it to the remote, and return its version.
+
+    Refuses data that `loraops data prepare` did not produce (missing, or changed since): only data
+    that passed validation is ever cached or pushed. Re-running after an interrupted push uploads
+    what is missing (DVC skips objects the remote has).
+    """
+    recover_dir((workspace.root / params.prepared_dir).resolve())
+    if not is_current(workspace, params):
+        raise DataError(
+            f"{params.prepared_dir} is not the output of the last successful `loraops data prepare`",
+            hint="run `loraops data prepare` first",
+        )
+    ensure_dvc_repo(workspace, params)
+    run_dvc(workspace.root, "commit", "--force", "--quiet", STAGE, what="dvc commit")
+    digest = locked_hash(workspace, params)
+    if digest is None:
+        raise DataError(f"dvc.lock has no hash for {params.prepared_dir} after dvc commit")
+    if push:
+        push_data(workspace, params)
+    return DataVersion(digest, git_commit(workspace.root), params.prepared_dir)
+
+
+def push_data(workspace: Workspace, params: DataParams) -> str:
+    """`dvc push` of the prepare stage's outputs to the configured remote (resumable: re-run it)."""
+    return run_dvc(workspace.root, "push", "--remote", params.remote.name, STAGE, what="dvc push")
+
+
+# ---------------------------------------------------------------- checkout
+
+
+def _dir_manifest(cache: Path, digest: str) -> list[dict[str, Any]]:
+    path = cache / "files" / "md5" / digest[:2] / f"{digest[2:]}.dir"
+    raw = path.read_bytes()
+    if hashlib.md5(raw, usedforsecurity=False).hexdigest() != digest:
+        raise DataError(f"the DVC cache entry {path} is corrupt", hint="delete it and run the checkout again")
+    entries = json.loads(raw)
+    return entries if isinstance(entries, list) else []
+
+
+def _file_md5(path: Path) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_dir(directory: Path, manifest: Sequence[dict[str, Any]]) -> None:
+    """Raises DataError unless ``directory`` holds exactly the files of ``manifest``, byte for byte."""
+    want = {e["relpath"]: e["md5"] for e in manifest}
+    have = {str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file()}
+    if set(want) != have:
+        raise DataError(f"restored data has files {sorted(have)}, expected {sorted(want)}")
+    for rel, md5 in want.items():
+        if _file_md5(directory / rel) != md5:
+            raise DataError(f"restored file {rel} does not match its recorded hash")
+
+
+def checkout_data(workspace: Workspace, version: DataVersion, *, remote: str | None = None) -> Path:
+    """Restore the prepared data of ``version`` into ``version.path`` (whole directory, atomically).
+
+    The objects come from the workspace's DVC cache, else from its remote (``remote`` or the default
+    one configured by ensure_dvc_repo). Returns the restored directory.
+    """
+    root = workspace.root
+    if not (root / ".dvc").is_dir():
+        raise DataError(f"{root} has no DVC repository", hint="run `loraops data version` first")
+    from dvc.config import Config
+
+    conf = Config(dvc_dir=str(root / ".dvc"), validate=False)
+    cache = Path(conf["cache"].get("dir") or root / ".dvc" / "cache")
+    remote_name = remote or conf["core"].get("remote")
+    remotes = conf["remote"]
+    target = (root / version.path).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+    try:
+        repo = tmp / "repo"
+        repo.mkdir()
+        run_dvc(repo, "init", "--no-scm", "--quiet", what="dvc init (checkout)")
+        with Config(dvc_dir=str(repo / ".dvc"), validate=False).edit("local") as local:
+            local["cache"]["dir"] = str(cache)
+            if remote_name and remote_name in remotes:
+                local["remote"][remote_name] = dict(remotes[remote_name])
+                local["core"]["remote"] = remote_name
+        (repo / "data.dvc").write_text(
+            yaml.safe_dump({"outs": [{"md5": f"{version.dvc_hash}.dir", "path": "data", "hash": "md5"}]}),
+            "utf-8",
+        )
+        try:
+            run_dvc(repo, "pull", "--quiet", "data.dvc", what=f"restoring data version {version.dvc_hash}")
+        except DataError as exc:
+            raise DataError(
+                f"data version {version.dvc_hash} is neither in the DVC cache nor on remote "
+                f"'{remote_name}': {exc.message}",
+                hint="check the version and data.remote in params.yaml",
+            ) from None
+        data = repo / "data"
+        verify_dir(data, _dir_manifest(cache, version.dvc_hash))
+        publish_dir(data, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
