@@ -19,21 +19,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loraops.data.prepare import PrepareResult, prepare
-from loraops.data.versioning import DataVersion, version_data
-from loraops.serving.vllm import VllmClient
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from loraops.basemodel.build import resolve_base_model
 from loraops.basemodel.skills import general_suite
 from loraops.config import Params, load_params
+from loraops.data.prepare import PrepareResult, prepare
+from loraops.data.versioning import DataVersion, version_data
 from loraops.envs import repo_root
 from loraops.evaluate.runner import CompletionClient
 from loraops.evaluate.suite import EvalReport, evaluate_candidate, read_jsonl
 from loraops.gate.decision import GateDecision, decide
 from loraops.gate.promote import promote_and_wait
 from loraops.registry.tracking import ModelVersionInfo, Registry
+from loraops.serving.vllm import VllmClient
 from loraops.stack.local import stack_urls
 from loraops.train.run import TrainResult, train_adapter
 from loraops.vcs import git_commit

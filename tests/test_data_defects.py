@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from data_defects.support import DEFECTS, alpaca_records, build_tokenizer, git, snapshot, write_jsonl
 
+from data_defects.support import DEFECTS, alpaca_records, build_tokenizer, git, snapshot, write_jsonl
 from loraops.data.commands import DataContext, cmd_validate
 from loraops.data.params import DataParams
 from loraops.data.prepare import DataValidationError, prepare
@@ -65,8 +65,16 @@ def test_defect_is_rejected_at_its_line_and_nothing_changes(
         after_prepare = snapshot(ws.root)
 
         # The CLI: every problem printed as file:line, exit code non-zero.
-        args = argparse.Namespace(workspace=str(ws.root), no_tokens=False, quiet=False, report=None, raw=None,
-                                  format=None, tokenizer=None, sequence_len=None)
+        args = argparse.Namespace(
+            workspace=str(ws.root),
+            no_tokens=False,
+            quiet=False,
+            report=None,
+            raw=None,
+            format=None,
+            tokenizer=None,
+            sequence_len=None,
+        )
         code = cmd_validate(args, lambda _ws, _need: DataContext(_params(case), tok, SEQ))
         printed = capsys.readouterr().err
         assert code == 1

@@ -45,11 +45,17 @@ def test_alpaca_reports_every_problem_of_a_record() -> None:
 
 
 def test_chat_checks() -> None:
-    msgs = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]
+    msgs = [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "u"},
+        {"role": "assistant", "content": "a"},
+    ]
     ex, problems = check_chat({"messages": msgs})
     assert ex is not None and not problems
     assert ex.output_text == "a" and ex.input_text == "system: s\nuser: u"
-    ex, problems = check_chat({"messages": [{"role": "User", "content": "u"}, {"role": "assistant", "content": "a"}]})
+    ex, problems = check_chat(
+        {"messages": [{"role": "User", "content": "u"}, {"role": "assistant", "content": "a"}]}
+    )
     assert ex is None and problems[0][0] == "unknown_role" and "did you mean 'user'" in problems[0][1]
     _, problems = check_chat({"messages": [msgs[1], msgs[1], msgs[2]]})
     assert ("roles_not_alternating", "user and assistant turns do not alternate", "warning") in problems
@@ -137,4 +143,6 @@ def test_label_stats_drop_free_text_fields() -> None:
     for i in range(100):
         stats.add({"category": ["a", "b", "c"][i % 3], "id": str(i)})
     assert set(stats.categorical(100)) == {"category"}
-    assert json.dumps(dict(stats.categorical(100)["category"]), sort_keys=True) == '{"a": 34, "b": 33, "c": 33}'
+    assert (
+        json.dumps(dict(stats.categorical(100)["category"]), sort_keys=True) == '{"a": 34, "b": 33, "c": 33}'
+    )

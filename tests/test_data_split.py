@@ -81,7 +81,9 @@ def _write(path: Path, records: list[dict[str, str]]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in records), "utf-8")
 
 
-unique_inputs = st.lists(st.text("abcdefghij ", min_size=3, max_size=12), min_size=1, max_size=30, unique_by=normalise)
+unique_inputs = st.lists(
+    st.text("abcdefghij ", min_size=3, max_size=12), min_size=1, max_size=30, unique_by=normalise
+)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -114,7 +116,8 @@ def test_prepare_keeps_duplicates_in_one_split(inputs: list[str], data: st.DataO
         return
     dups = data.draw(st.lists(st.sampled_from(inputs), max_size=10))
     records = _records(inputs) + [
-        {"instruction": t.upper() + "!", "input": "", "output": f"other answer {i}"} for i, t in enumerate(dups)
+        {"instruction": t.upper() + "!", "input": "", "output": f"other answer {i}"}
+        for i, t in enumerate(dups)
     ]
     with tempfile.TemporaryDirectory() as tmp:
         ws = Workspace(Path(tmp))

@@ -7,6 +7,7 @@ stopped afterwards. Takes a few minutes on 2 cores (the base model is shared wit
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from mlflow import MlflowClient
 from openai import OpenAI
 
 from conftest import make_workspace, run_cli
+from loraops.gate.promote import sync_status
+from loraops.serving.vllm import VllmClient
 from loraops.stack.process import ServiceManager
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -114,20 +117,27 @@ def test_rollback_in_the_registry_hot_swaps_without_restart(demo: tuple[Demo, st
     d, _ = demo
     pid = d.vllm_pid()
     retrain = run_cli(d.ws, "retrain")
-    assert retrain.returncode == 0, (retrain.stdout + retrain.stderr)[-4000:]
+    # 0: promoted; 3: the gate said no (same data, so a tie or a small loss to the champion is possible)
+    assert retrain.returncode in (0, 3), (retrain.stdout + retrain.stderr)[-4000:]
     client = MlflowClient(tracking_uri=d.mlflow, registry_uri=d.mlflow)
-    assert client.get_model_version_by_alias(d.model, "champion").version == "2"
-    # An engineer moves the alias back (what the MLflow UI does): the webhook swaps the adapter.
-    promote = run_cli(d.ws, "promote", "1")
-    assert promote.returncode == 0, promote.stderr
-    status = json.loads(
-        __import__("urllib.request")
-        .request.urlopen(f"http://127.0.0.1:{d.params['stack']['sync_port']}/status", timeout=5)
-        .read()
-    )
-    deadline_ok = str(status.get("served_version")) in {"1", "2"}
-    assert deadline_ok
-    assert d.vllm_pid() == pid
+    assert client.get_model_version(d.model, "2").tags["gate"] in {"passed", "failed"}
+    sync = f"http://127.0.0.1:{d.params['stack']['sync_port']}"
+    status: dict = {}
+    # An engineer moves the alias (what the MLflow UI does): the webhook swaps the adapter, both ways.
+    for version in ("2", "1"):
+        promote = run_cli(d.ws, "promote", version)
+        assert promote.returncode == 0, promote.stderr
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            status = sync_status(sync)
+            if str(status.get("served_version")) == version:
+                break
+            time.sleep(0.5)
+        assert str(status.get("served_version")) == version, status
+    served = {m.id: m.root for m in VllmClient(d.endpoint.removesuffix("/v1")).models()}
+    assert served[d.model] == status["served_path"]
+    assert _triage(d.ask(d.model, d.test_prompt())) is not None
+    assert d.vllm_pid() == pid, "the server was restarted"
 
 
 def test_bad_inputs_end_with_one_clear_line(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -67,8 +68,35 @@ def _use_prefect(urls: Any) -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 
 
+class _NoTracebackForKnownErrors(logging.Filter):
+    """Prefect logs a failed task with its traceback; for our own one-line errors that is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], LoraopsError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _quiet_known_errors() -> None:
+    quiet = _NoTracebackForKnownErrors()
+    for name in (
+        "prefect",
+        "prefect.flow_runs",
+        "prefect.task_runs",
+        "prefect.flow_engine",
+        "prefect.task_engine",
+    ):
+        logger = logging.getLogger(name)
+        logger.addFilter(quiet)
+        for handler in logger.handlers:
+            handler.addFilter(quiet)
+
+
 def _run_flow(ws: Workspace) -> dict[str, Any]:
     from loraops.flows import load_flow
+
+    _quiet_known_errors()
 
     retrain = load_flow("retrain")
     result: dict[str, Any] = retrain(workspace=str(ws.root))

@@ -9,7 +9,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from loraops.data.params import DataParams
 from loraops.prompts import CHAT_TEMPLATE, alpaca_prompt
+from loraops.workspace import Workspace
 
 DEFECTS = Path(__file__).resolve().parent
 
@@ -22,7 +26,10 @@ def build_tokenizer(model_dir: Path, *, bos: bool = True, vocab: int = 400) -> P
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    corpus = [alpaca_prompt(f"Triage ticket {i}: my order is late", "") + '{"category": "shipping"}' for i in range(60)]
+    corpus = [
+        alpaca_prompt(f"Triage ticket {i}: my order is late", "") + '{"category": "shipping"}'
+        for i in range(60)
+    ]
     tok.train_from_iterator(
         corpus,
         trainers.BpeTrainer(
@@ -71,9 +78,16 @@ def write_jsonl(path: Path, records: list[Any]) -> Path:
 
 
 def git(root: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@e"}
-    return subprocess.run(["git", *args], cwd=root, env=env, check=True, capture_output=True, text=True).stdout
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@e",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@e",
+    }
+    return subprocess.run(
+        ["git", *args], cwd=root, env=env, check=True, capture_output=True, text=True
+    ).stdout
 
 
 def snapshot(*roots: Path) -> dict[str, str]:
@@ -86,8 +100,29 @@ def snapshot(*roots: Path) -> dict[str, str]:
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
             for d in dirnames:
-                out[os.path.join(dirpath, d)] = "<dir>"
+                out[str(Path(dirpath) / d)] = "<dir>"
             for f in sorted(filenames):
                 p = Path(dirpath) / f
                 out[str(p)] = hashlib.md5(p.read_bytes(), usedforsecurity=False).hexdigest()
     return out
+
+
+def make_ws(root: Path, tok: Path, remote: dict[str, str] | None = None) -> Workspace:
+    root.mkdir(parents=True, exist_ok=True)
+    git(root, "init", "-q")
+    params = {
+        "base_model": {"source": str(tok)},
+        "data": {"raw": "data/raw/tickets.jsonl", "remote": remote or {"url": ".loraops/dvc-remote"}},
+        "train": {"sequence_len": 256},
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params), "utf-8")
+    (root / ".gitignore").write_text(".loraops/\n", "utf-8")
+    return Workspace(root)
+
+
+def data_params(ws: Workspace) -> DataParams:
+    return DataParams.model_validate(yaml.safe_load(ws.params_file.read_text("utf-8"))["data"])
+
+
+def prepared_files(ws: Workspace) -> dict[str, str]:
+    return {Path(k).name: v for k, v in snapshot(ws.root / "data/prepared").items()}

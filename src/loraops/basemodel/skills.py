@@ -119,6 +119,35 @@ def _json_value(rng: random.Random) -> tuple[str, str]:
     return f'What is the value of "{asked}" in {json.dumps(record)}?', record[asked]
 
 
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def _copy(rng: random.Random) -> tuple[str, str]:
+    text = " ".join(rng.sample(WORDS, rng.randint(3, 5)))
+    return f"Copy this text.\n{text}", text
+
+
+def _next_number3(rng: random.Random) -> tuple[str, str]:
+    number = rng.randint(100, 998)
+    return f"What number comes after {number}?", str(number + 1)
+
+
+def _upper_letters(rng: random.Random) -> tuple[str, str]:
+    letters = " ".join(rng.choice(_LETTERS) for _ in range(rng.randint(3, 6)))
+    return f"Write these letters in capitals.\n{letters}", letters.upper()
+
+
+def _next_letter(rng: random.Random) -> tuple[str, str]:
+    letters = [rng.choice(_LETTERS[:-1]) for _ in range(rng.randint(3, 6))]
+    shifted = [_LETTERS[_LETTERS.index(c) + 1] for c in letters]
+    return f"Write the letter after each one.\n{' '.join(letters)}", " ".join(shifted)
+
+
+def _spell2(rng: random.Random) -> tuple[str, str]:
+    word = _made_up_word(rng)
+    return f"Spell this word with dashes.\n{word}", "-".join(word)
+
+
 SKILLS: dict[str, Skill] = {
     s.name: s
     for s in (
@@ -127,6 +156,11 @@ SKILLS: dict[str, Skill] = {
         Skill("repeat", "repeat a word two to four times", _repeat, 16),
         Skill("next_number", "the integer after a number below 1000", _next_number, 8),
         Skill("json_value", "read the value of a key from a small JSON object", _json_value, 8),
+        Skill("copy", "copy", _copy, 16),
+        Skill("next_number3", "n3", _next_number3, 8),
+        Skill("upper_letters", "ul", _upper_letters, 16),
+        Skill("next_letter", "nl", _next_letter, 16),
+        Skill("spell2", "s2", _spell2, 16),
     )
 }
 

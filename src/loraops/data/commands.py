@@ -123,11 +123,14 @@ def cmd_version(args: argparse.Namespace, resolve: Resolver = default_context) -
 
 
 def cmd_checkout(args: argparse.Namespace, resolve: Resolver = default_context) -> int:
-    from loraops.data.versioning import DataVersion, checkout_data
+    from loraops.data.versioning import DataVersion, checkout_data, configure_remote
 
     ctx = _context(args, resolve, need_tokenizer=False)
     version = DataVersion.parse(args.version, ctx.params.prepared_dir)
-    path = checkout_data(_workspace(args), version, remote=args.remote)
+    ws = _workspace(args)
+    if (ws.root / ".dvc").is_dir():  # a fresh clone knows its remote from params.yaml only
+        configure_remote(ws, ctx.params)
+    path = checkout_data(ws, version, remote=args.remote)
     print(f"restored data version {version.dvc_hash} into {path}")
     return 0
 

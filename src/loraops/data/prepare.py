@@ -28,6 +28,7 @@ from loraops.data.split import SPLITS, in_review, review_fraction
 from loraops.data.tokens import TokenCounter
 from loraops.data.validate import OnIssue, ScanResult, SplitSink, scan
 from loraops.errors import DataError
+from loraops.prompts import CHAT_TEMPLATE, alpaca_prompt
 from loraops.workspace import Workspace
 
 # Bump when the prepared files change for the same inputs (their layout, the report, the split).
@@ -167,6 +168,7 @@ def _fingerprint(
     }
     material = {
         "version": OUTPUT_VERSION,
+        "templates": hashlib.sha256((alpaca_prompt("{i}", "{x}") + CHAT_TEMPLATE).encode()).hexdigest(),
         "inputs": {k: v["md5"] for k, v in inputs.items()},
         "params": params.model_dump(mode="json", exclude={"remote"}),
         "sequence_len": sequence_len if tokenizer_dir is not None else None,

@@ -45,56 +45,67 @@ class KeyFindings:
 
 
 class KeyStore:
-    """Collects (input, near, exact, line) keys; ``analyse`` finds duplicates and contradictions."""
+    """Collects (input, near, exact, line) keys; ``analyse`` finds duplicates and contradictions.
+
+    Rows are partitioned by input key as they arrive (in memory, then in bucket files once more than
+    ``budget_rows`` are held), and analysed one bucket at a time.
+    """
 
     def __init__(self, spill_dir: Path, budget_rows: int | None = None) -> None:
         self.spill_dir = spill_dir
         self.budget_rows = budget_rows or KEY_BUDGET_ROWS
-        self._chunks: list[npt.NDArray[np.void]] = []
+        self._buckets: list[list[npt.NDArray[np.void]]] = [[] for _ in range(BUCKETS)]
         self._rows = 0
         self._spilled = False
         self._pending: list[tuple[int, int, int, int]] = []
 
     def add(self, input_key: int, near_key: int, exact_key: int, line: int) -> None:
         self._pending.append((input_key, near_key, exact_key, line))
-        if len(self._pending) >= min(65536, self.budget_rows):
+        if len(self._pending) >= min(16384, self.budget_rows):
             self._flush_pending()
 
     def _flush_pending(self) -> None:
         if not self._pending:
             return
-        self._chunks.append(np.array(self._pending, dtype=ROW))
-        self._rows += len(self._pending)
+        rows = np.array(self._pending, dtype=ROW)
         self._pending = []
+        bucket = rows["input"] % BUCKETS
+        order = np.argsort(bucket, kind="stable")
+        rows, bucket = rows[order], bucket[order]
+        bounds = np.searchsorted(bucket, np.arange(BUCKETS + 1))
+        for b in range(BUCKETS):
+            if bounds[b] < bounds[b + 1]:
+                self._buckets[b].append(rows[bounds[b] : bounds[b + 1]].copy())
+        self._rows += len(rows)
         if self._rows >= self.budget_rows:
             self._spill()
 
+    def _bucket_file(self, b: int) -> Path:
+        return self.spill_dir / f"keys-{b:02d}.bin"
+
     def _spill(self) -> None:
-        if not self._chunks:
-            return
         self.spill_dir.mkdir(parents=True, exist_ok=True)
-        rows = np.concatenate(self._chunks)
-        self._chunks, self._rows = [], 0
-        bucket = rows["input"] % BUCKETS
-        for b in range(BUCKETS):
-            part = rows[bucket == b]
-            if len(part):
-                with (self.spill_dir / f"keys-{b:02d}.bin").open("ab") as fh:
-                    part.tofile(fh)
+        for b, chunks in enumerate(self._buckets):
+            if chunks:
+                with self._bucket_file(b).open("ab") as fh:
+                    for chunk in chunks:
+                        chunk.tofile(fh)
+                chunks.clear()
+        self._rows = 0
         self._spilled = True
 
     def _partitions(self) -> Iterator[npt.NDArray[np.void]]:
         self._flush_pending()
-        if not self._spilled:
-            if self._chunks:
-                yield np.concatenate(self._chunks)
-            return
-        self._spill()
         for b in range(BUCKETS):
-            path = self.spill_dir / f"keys-{b:02d}.bin"
-            if path.exists():
-                yield np.fromfile(path, dtype=ROW)
+            parts = self._buckets[b]
+            path = self._bucket_file(b)
+            if self._spilled and path.exists():
+                parts.insert(0, np.fromfile(path, dtype=ROW))
                 path.unlink()
+            if parts:
+                rows = np.concatenate(parts)
+                parts.clear()
+                yield rows
 
     def analyse(self, *, keep: int = 1000, drop_exact: bool = True) -> KeyFindings:
         found = KeyFindings()

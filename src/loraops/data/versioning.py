@@ -135,19 +135,20 @@ def ensure_dvc_repo(workspace: Workspace, params: DataParams) -> None:
         with ignore.open("a", encoding="utf-8") as fh:
             fh.write("".join(f"{p}\n" for p in missing))
     ensure_prepare_stage(workspace, params)
-    _configure_remote(root, params.remote.name, remote_url(workspace, params), params.remote.endpoint_url)
+    configure_remote(workspace, params)
 
 
-def _configure_remote(repo: Path, name: str, url: str, endpoint_url: str | None) -> None:
+def configure_remote(workspace: Workspace, params: DataParams) -> None:
+    """Make data.remote of params.yaml the default DVC remote (in .dvc/config.local)."""
     from dvc.config import Config
 
-    config = Config(dvc_dir=str(repo / ".dvc"), validate=False)
+    config = Config(dvc_dir=str(workspace.root / ".dvc"), validate=False)
     with config.edit("local") as conf:
-        remote: dict[str, Any] = {"url": url}
-        if endpoint_url:
-            remote["endpointurl"] = endpoint_url
-        conf["remote"][name] = remote
-        conf["core"]["remote"] = name
+        remote: dict[str, Any] = {"url": remote_url(workspace, params)}
+        if params.remote.endpoint_url:
+            remote["endpointurl"] = params.remote.endpoint_url
+        conf["remote"][params.remote.name] = remote
+        conf["core"]["remote"] = params.remote.name
 
 
 def prepare_stage(workspace: Workspace, params: DataParams) -> dict[str, Any]:

@@ -7,6 +7,7 @@ Every MLflow call goes through this module, so the rest of loraops sees ``ModelV
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import tempfile
 import time
@@ -74,6 +75,14 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
         yield items[start : start + size]
 
 
+_METRIC_KEY_INVALID = re.compile(r"[^\w\-. :/]")
+
+
+def metric_key(name: str) -> str:
+    """MLflow accepts alphanumerics, _ - . space : / in metric names; Axolotl emits e.g. 'memory/x (GiB)'."""
+    return _METRIC_KEY_INVALID.sub("_", name).strip()
+
+
 class RunHandle:
     """Logging onto one MLflow run. Obtained from ``Registry.run`` (new run) or ``Registry.attach``."""
 
@@ -96,7 +105,7 @@ class RunHandle:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        items = [Metric(metric_key(k), float(v), now, step or 0) for k, v in metrics.items()]
         with self._registry.errors(f"logging metrics to run {self.run_id}"):
             for chunk in _chunks(items, _MAX_METRICS_PER_BATCH):
                 self._client.log_batch(self.run_id, metrics=chunk)

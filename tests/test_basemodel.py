@@ -1,0 +1,271 @@
+"""The offline base model: recipe hashing, the skills corpus, the tokenizer, the build cache."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+from tokenizers import Tokenizer
+
+from loraops.basemodel import build as build_mod
+from loraops.basemodel import recipe as recipe_mod
+from loraops.basemodel.build import (
+    build_base_model,
+    check_lengths,
+    default_template,
+    is_complete,
+    parse_losses,
+    render_pretrain_config,
+    resolve_base_model,
+)
+from loraops.basemodel.recipe import DEFAULT_RECIPE, BaseModelRecipe
+from loraops.basemodel.skills import SKILLS, general_suite, is_heldout, tokenizer_texts, training_corpus
+from loraops.basemodel.tokenizer import BOS, EOS, PAD, alpaca_token_count, corpus_tokenizer
+from loraops.envs import PythonEnv, repo_root, trainer_env
+from loraops.errors import DataError
+from loraops.workspace import Workspace
+
+SMALL = DEFAULT_RECIPE.model_copy(update={"examples_per_skill": 300})
+
+
+def _recipe(**changes: object) -> BaseModelRecipe:
+    return BaseModelRecipe.model_validate({**DEFAULT_RECIPE.model_dump(), **changes})
+
+
+# --- recipe -------------------------------------------------------------------------------------
+
+
+def test_fingerprint_is_stable_and_canonical() -> None:
+    again = BaseModelRecipe.model_validate_json(DEFAULT_RECIPE.model_dump_json())
+    assert again.fingerprint() == DEFAULT_RECIPE.fingerprint()
+    assert len(DEFAULT_RECIPE.fingerprint()) == 64
+    int(DEFAULT_RECIPE.fingerprint(), 16)
+    assert DEFAULT_RECIPE.dir_name() == f"loraops-tiny-{DEFAULT_RECIPE.fingerprint()[:12]}"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"seed": 7},
+        {"vocab_size": 1536},
+        {"num_layers": 3},
+        {"learning_rate": 1e-3},
+        {"examples_per_skill": 10},
+        {"skills": ["spell", "repeat"]},
+        {"name": "other"},
+    ],
+)
+def test_fingerprint_changes_with_every_field(change: dict[str, object]) -> None:
+    assert _recipe(**change).fingerprint() != DEFAULT_RECIPE.fingerprint()
+
+
+def test_fingerprint_changes_with_corpus_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = DEFAULT_RECIPE.fingerprint()
+    monkeypatch.setattr(recipe_mod, "CORPUS_VERSION", recipe_mod.CORPUS_VERSION + "-next")
+    assert DEFAULT_RECIPE.fingerprint() != before
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"hidden_size": 256, "num_heads": 16}, "head size"),  # 16 is not a vLLM CPU head size
+        ({"hidden_size": 250, "num_heads": 4}, "not divisible"),
+        ({"skills": ["spell", "telepathy"]}, "unknown skills"),
+        ({"skills": ["spell", "spell"]}, "repeat"),
+        ({"sequence_len": 1024, "max_position_embeddings": 512}, "max_position_embeddings"),
+        ({"colour": "red"}, "Extra inputs"),
+    ],
+)
+def test_recipe_rejects_bad_values(change: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        _recipe(**change)
+
+
+def test_default_recipe_is_vllm_compatible() -> None:
+    assert DEFAULT_RECIPE.head_dim in recipe_mod.VLLM_HEAD_SIZES
+    assert 4 <= len(DEFAULT_RECIPE.skills) <= 6
+
+
+# --- skills ---------------------------------------------------------------------------------------
+
+
+def test_corpus_is_deterministic_and_balanced() -> None:
+    first, second = training_corpus(SMALL), training_corpus(SMALL)
+    assert first == second
+    assert Counter(r["skill"] for r in first) == dict.fromkeys(SMALL.skills, 300)
+    assert all(r["input"] == "" and r["output"] for r in first)
+    other_seed = training_corpus(SMALL.model_copy(update={"seed": SMALL.seed + 1}))
+    assert other_seed != first
+
+
+def test_suite_is_disjoint_from_training_and_distinct() -> None:
+    train_instructions = {r["instruction"] for r in training_corpus(DEFAULT_RECIPE)}
+    suite = general_suite(DEFAULT_RECIPE, 40)
+    assert Counter(r["skill"] for r in suite) == dict.fromkeys(DEFAULT_RECIPE.skills, 40)
+    assert not train_instructions & {r["instruction"] for r in suite}
+    assert len({r["instruction"] for r in suite}) == len(suite)
+    assert all(is_heldout(r["skill"], r["instruction"]) for r in suite)
+    assert suite == general_suite(DEFAULT_RECIPE, 40)
+
+
+def test_skill_answers_are_right() -> None:
+    for record in general_suite(DEFAULT_RECIPE, 20):
+        instruction, output = record["instruction"], record["output"]
+        quoted = instruction.split('"')[1] if '"' in instruction else ""
+        match record["skill"]:
+            case "spell":
+                assert output.replace("-", "") == quoted and output[1::2] == "-" * (len(quoted) - 1)
+            case "uppercase":
+                assert output == quoted.upper()
+            case "repeat":
+                times = int(instruction.split()[-2])
+                assert output.split() == [quoted] * times
+            case "next_number":
+                assert int(output) == int(instruction.rstrip("?").split()[-1]) + 1
+            case "json_value":
+                obj = json.loads(instruction[instruction.index("{") : instruction.rindex("}") + 1])
+                assert output == obj[quoted]
+            case other:
+                raise AssertionError(f"untested skill {other}")
+    assert set(SKILLS) >= set(DEFAULT_RECIPE.skills)
+
+
+def test_unknown_skill_count_too_large_is_refused() -> None:
+    with pytest.raises(ValueError, match="held-out"):
+        general_suite(_recipe(skills=["next_number"]), 100_000)
+
+
+# --- tokenizer ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fresh_tokenizer() -> Tokenizer:
+    return corpus_tokenizer(training_corpus(DEFAULT_RECIPE), tokenizer_texts(), DEFAULT_RECIPE.vocab_size)
+
+
+def test_tokenizer_is_byte_level_and_deterministic(fresh_tokenizer: Tokenizer) -> None:
+    again = corpus_tokenizer(training_corpus(DEFAULT_RECIPE), tokenizer_texts(), DEFAULT_RECIPE.vocab_size)
+    assert again.to_str() == fresh_tokenizer.to_str()
+    assert fresh_tokenizer.get_vocab_size() == DEFAULT_RECIPE.vocab_size
+    assert [fresh_tokenizer.token_to_id(t) for t in (BOS, EOS, PAD)] == [0, 1, 2]
+    text = 'Ticket: "ça coûte 12€" 🙂 {"category": "billing", "priority": "high"}\n\ttab'
+    enc = fresh_tokenizer.encode(text)
+    assert enc.ids[0] == fresh_tokenizer.token_to_id(BOS)
+    assert fresh_tokenizer.decode(enc.ids, skip_special_tokens=True) == text
+    # the alpaca preamble was in the tokenizer's training text, so it is cheap
+    assert len(fresh_tokenizer.encode(training_corpus(SMALL)[0]["instruction"]).ids) < 40
+
+
+def _assert_fits(tok: Tokenizer, recipe: BaseModelRecipe) -> None:
+    records = [*training_corpus(recipe), *general_suite(recipe, recipe.eval_examples_per_skill)]
+    longest = max(alpaca_token_count(tok, r) for r in records)
+    assert longest <= recipe.sequence_len, f"{longest} tokens > sequence_len {recipe.sequence_len}"
+
+
+def test_every_example_fits_sequence_len_fresh_tokenizer(fresh_tokenizer: Tokenizer) -> None:
+    _assert_fits(fresh_tokenizer, DEFAULT_RECIPE)
+
+
+def test_every_example_fits_sequence_len_built_tokenizer() -> None:
+    built = Workspace(repo_root()).models / DEFAULT_RECIPE.dir_name()
+    if not is_complete(built):
+        pytest.skip("the default base model is not built yet")
+    _assert_fits(Tokenizer.from_file(str(built / "tokenizer.json")), DEFAULT_RECIPE)
+
+
+def test_check_lengths_refuses_long_examples() -> None:
+    check_lengths({"spell": 60}, 128)
+    with pytest.raises(DataError, match="sequence_len 64"):
+        check_lengths({"spell": 60, "json_value": 70}, 64)
+
+
+# --- build pieces ---------------------------------------------------------------------------------
+
+
+def test_rendered_config_is_a_cpu_full_finetune(tmp_path: Path) -> None:
+    template = yaml.safe_load(default_template().read_text())
+    config = render_pretrain_config(
+        {**template, "adapter": "lora"},
+        DEFAULT_RECIPE,
+        base_model=tmp_path / "init",
+        corpus=tmp_path / "c.jsonl",
+        output_dir=tmp_path / "out",
+        prepared_dir=tmp_path / "prep",
+    )
+    assert "adapter" not in config
+    assert config["datasets"] == [{"path": str(tmp_path / "c.jsonl"), "ds_type": "json", "type": "alpaca"}]
+    assert config["base_model"] == str(tmp_path / "init")
+    assert config["seed"] == DEFAULT_RECIPE.seed
+    assert config["sequence_len"] == DEFAULT_RECIPE.sequence_len
+    assert config["learning_rate"] == DEFAULT_RECIPE.learning_rate
+    assert (config["bf16"], config["fp16"], config["tf32"]) == (False, False, False)
+    assert config["train_on_inputs"] is False
+    assert template["datasets"][0]["path"] == "corpus.jsonl"  # the template itself is untouched
+
+
+def test_parse_losses_reads_trainer_log_lines() -> None:
+    lines = [
+        "{'loss': '3.134', 'grad_norm': '1.393', 'epoch': '0.74'}",
+        "noise",
+        '{"loss": 2.5e-01, "epoch": 0.9}',
+        "{'train_runtime': '162.2', 'train_loss': '3.522', 'epoch': '1'}",
+    ]
+    assert parse_losses(lines) == ([3.134, 0.25], 3.522)
+
+
+def test_resolve_passes_other_sources_through(tmp_path: Path) -> None:
+    for source in ("meta-llama/Llama-3.2-1B", str(tmp_path / "my-model")):
+        assert resolve_base_model(source, DEFAULT_RECIPE, tmp_path / "models") == source
+    assert not (tmp_path / "models").exists()
+
+
+def test_incomplete_directory_is_not_complete(tmp_path: Path) -> None:
+    model = tmp_path / DEFAULT_RECIPE.dir_name()
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"")
+    assert not is_complete(model)  # no build_report.json: an interrupted copy, not a model
+    (model / build_mod.REPORT_FILE).write_text("{}")
+    assert is_complete(model)
+
+
+def test_build_failure_leaves_no_model_and_no_temp_dir(tmp_path: Path) -> None:
+    missing = PythonEnv("trainer", tmp_path / "no-such-env")
+    with pytest.raises(Exception, match="trainer environment is missing"):
+        build_base_model(SMALL, tmp_path / "models", trainer=missing)
+    left = [p.name for p in (tmp_path / "models").iterdir() if not p.name.endswith(".lock")]
+    assert left == []
+
+
+# --- the real build (slow) ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_cached_build_is_a_noop() -> None:
+    if not trainer_env().exists():
+        pytest.skip("the trainer environment is missing (make envs)")
+    models = Workspace(repo_root()).models
+    first = build_base_model(DEFAULT_RECIPE, models)  # builds once (minutes) unless cached
+    weights_mtime = (first / "model.safetensors").stat().st_mtime_ns
+    started = time.perf_counter()
+    second = build_base_model(DEFAULT_RECIPE, models)
+    assert time.perf_counter() - started < 1.0
+    assert second == first == models / DEFAULT_RECIPE.dir_name()
+    assert (first / "model.safetensors").stat().st_mtime_ns == weights_mtime
+    assert resolve_base_model("build", DEFAULT_RECIPE, models) == str(first)
+
+    config = json.loads((first / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    assert config["head_dim"] in recipe_mod.VLLM_HEAD_SIZES
+    assert "### Response" in (first / "chat_template.jinja").read_text()
+    report = build_mod.load_report(first)
+    assert report["fingerprint"] == DEFAULT_RECIPE.fingerprint()
+    per_skill = report["general_suite"]["per_skill"]
+    assert set(per_skill) == set(DEFAULT_RECIPE.skills)
+    for skill, scores in per_skill.items():
+        assert scores["exact_match"] >= 0.3, f"{skill} was not learned: {scores}"
+        assert scores["stopped_with_eos"] >= 0.9, f"{skill} answers do not stop: {scores}"
