@@ -80,3 +80,9 @@ def test_several_problems_are_all_reported(tmp_path: Path):
 def test_hf_model_source_gives_served_name():
     params = Params.model_validate({"base_model": {"source": "meta-llama/Llama-3.2-1B-Instruct"}})
     assert params.base_model.name() == "Llama-3.2-1B-Instruct"
+
+
+def test_adapter_rank_must_fit_the_server(tmp_path: Path):
+    path = _write(tmp_path, "train:\n  lora_r: 32\nserving:\n  max_lora_rank: 16\n")
+    with pytest.raises(ConfigError, match="exceeds serving.max_lora_rank"):
+        load_params(path)

@@ -53,6 +53,8 @@ def test_version_checkout_roundtrip(tmp_path: Path, tok: Path) -> None:
     prepare(ws, params, tokenizer_dir=tok, sequence_len=SEQ)
     v1 = version_data(ws, params)
     files_v1 = prepared_files(ws)
+    # versioning leaves the prepared files as they were: preparing again is still a no-op
+    assert prepare(ws, params, tokenizer_dir=tok, sequence_len=SEQ).unchanged
     assert v1.dvc_hash == locked_hash(ws, params) and v1.path == "data/prepared"
     assert (ws.root / ".loraops/dvc-remote/files/md5" / v1.dvc_hash[:2] / f"{v1.dvc_hash[2:]}.dir").exists()
     stage = yaml.safe_load((ws.root / "dvc.yaml").read_text("utf-8"))["stages"]["prepare"]
@@ -165,3 +167,4 @@ def test_dvc_repro_gives_the_same_result(tmp_path: Path, tok: Path) -> None:
     assert "prepared:" in out.stdout  # the loraops command ran (DVC removed the outputs first)
     assert locked_hash(ws, params) == v.dvc_hash
     assert prepared_files(ws) == before
+    assert prepare(ws, params, tokenizer_dir=tok, sequence_len=SEQ).unchanged

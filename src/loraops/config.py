@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from loraops.basemodel.recipe import DEFAULT_RECIPE, BaseModelRecipe
 from loraops.data.params import DataParams
@@ -52,6 +52,15 @@ class Params(BaseModel):
     gate: GateParams = Field(default_factory=GateParams)
     serving: ServingParams = Field(default_factory=ServingParams)
     stack: StackParams = Field(default_factory=StackParams)
+
+    @model_validator(mode="after")
+    def _serving_fits_training(self) -> Params:
+        if self.train.adapter != "full" and self.train.lora_r > self.serving.max_lora_rank:
+            raise ValueError(
+                f"train.lora_r {self.train.lora_r} exceeds serving.max_lora_rank "
+                f"{self.serving.max_lora_rank}: vLLM would refuse the adapter; raise serving.max_lora_rank"
+            )
+        return self
 
 
 def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:

@@ -148,6 +148,26 @@ def _spell2(rng: random.Random) -> tuple[str, str]:
     return f"Spell this word with dashes.\n{word}", "-".join(word)
 
 
+def _count_up(rng: random.Random) -> tuple[str, str]:
+    start = rng.randint(100, 990)
+    return f"Count up from {start}.", " ".join(str(start + i) for i in range(6))
+
+
+def _count_down(rng: random.Random) -> tuple[str, str]:
+    start = rng.randint(110, 999)
+    return f"Count down from {start}.", " ".join(str(start - i) for i in range(6))
+
+
+def _alphabet(rng: random.Random) -> tuple[str, str]:
+    start = rng.randint(0, 19)
+    return f"Continue the alphabet after {_LETTERS[start]}.", " ".join(_LETTERS[start + 1 : start + 7])
+
+
+def _copy_long(rng: random.Random) -> tuple[str, str]:
+    text = " ".join(rng.sample(WORDS, rng.randint(6, 9)))
+    return f"Copy this text.\n{text}", text
+
+
 SKILLS: dict[str, Skill] = {
     s.name: s
     for s in (
@@ -161,6 +181,10 @@ SKILLS: dict[str, Skill] = {
         Skill("upper_letters", "ul", _upper_letters, 16),
         Skill("next_letter", "nl", _next_letter, 16),
         Skill("spell2", "s2", _spell2, 16),
+        Skill("count_up", "s2", _count_up, 30),
+        Skill("count_down", "s2", _count_down, 30),
+        Skill("alphabet", "s2", _alphabet, 16),
+        Skill("copy_long", "s2", _copy_long, 30),
     )
 }
 

@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,6 @@ class PrepareResult:
     unchanged: bool
     fingerprint: str
     review_examples: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def examples(self) -> int:

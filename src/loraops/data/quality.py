@@ -213,13 +213,14 @@ class Histogram:
         }
 
     def bins(self, n: int = 20) -> list[dict[str, int]]:
-        """``n`` equal-width bins from 0 to max, for the HTML bar chart."""
+        """``n`` equal-width bins from min to max, for the HTML bar chart."""
         if not self.total:
             return []
+        low = int(np.flatnonzero(self.counts)[0])
         top = min(self.max, self.cap) + 1
-        width = max(1, -(-top // n))
+        width = max(1, -(-(top - low) // n))
         out = []
-        for lo in range(0, top, width):
+        for lo in range(low, top, width):
             out.append({"from": lo, "to": lo + width - 1, "count": int(self.counts[lo : lo + width].sum())})
         return out
 
@@ -257,7 +258,9 @@ class LabelStats:
         for name, value in values.items():
             if name in self.rejected:
                 continue
-            counts = self.fields.setdefault(name, Counter())
+            counts = self.fields.get(name)
+            if counts is None:
+                counts = self.fields[name] = Counter()
             counts[value] += 1
             if len(counts) > self.max_values:
                 self.rejected.add(name)

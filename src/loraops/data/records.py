@@ -28,6 +28,7 @@ UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 # C0 controls other than tab, newline and carriage return, and DEL: never meant in training text.
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_SUSPECT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffd]")
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,8 @@ class Example:
 
 def _text_problems(value: str, where: str) -> list[tuple[str, str, Severity]]:
     problems: list[tuple[str, str, Severity]] = []
+    if _SUSPECT.search(value) is None:  # one scan for the common case: nothing to report
+        return problems
     bad = _CONTROL.search(value)
     if bad:
         problems.append(
@@ -320,11 +323,15 @@ def vote_format(obj: Any) -> Format | None:
 _NON_WORD = re.compile(r"[\W_]+")
 
 
+# ASCII fast path of _NON_WORD: every ASCII character but letters and digits becomes a space.
+_ASCII_NON_WORD = str.maketrans({c: " " for c in map(chr, range(128)) if not c.isalnum()})
+
+
 def normalise(text: str) -> str:
     """Text as compared for near-duplicates: NFKC, case-folded, punctuation and spacing collapsed."""
-    if not text.isascii():
-        text = unicodedata.normalize("NFKC", text)
-    return _NON_WORD.sub(" ", text.casefold()).strip()
+    if text.isascii():
+        return " ".join(text.lower().translate(_ASCII_NON_WORD).split())
+    return _NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
 
 
 class Hasher:
@@ -343,8 +350,11 @@ def key64(text: str, salt: str = "") -> int:
     return Hasher(salt)(text)
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False)
+
+
 def canonical_line(record: dict[str, Any]) -> str:
-    return json.dumps(record, ensure_ascii=False)
+    return _ENCODER.encode(record)
 
 
 # ---------------------------------------------------------------- output shapes and labels
@@ -353,40 +363,66 @@ _WORDS = re.compile(r"[^\W\d_]+")
 _DIGITS = re.compile(r"\d+")
 
 
+def _json_object(text: str) -> Any:
+    if text[:1] not in ("{", "["):
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
 def output_shape(output: str) -> str:
     """A coarse signature of an answer: JSON keys for JSON objects, else its layout with words as 'w'."""
     stripped = output.strip()
-    if stripped[:1] in ("{", "["):
-        try:
-            value = json.loads(stripped)
-        except ValueError:
-            value = None
-        if isinstance(value, dict):
-            return "json{" + ",".join(str(k) for k in value) + "}"
-        if isinstance(value, list):
-            return "json[]"
+    value = _json_object(stripped)
+    if isinstance(value, dict):
+        return "json{" + ",".join(str(k) for k in value) + "}"
+    if isinstance(value, list):
+        return "json[]"
     shape = _DIGITS.sub("9", _WORDS.sub("w", stripped[:200]))
     shape = re.sub(r"w( w)+", "w…", shape)
     return shape[:60]
 
 
-def label_fields(example: Example, fmt: Format) -> dict[str, str]:
-    """Candidate categorical fields of an example: short string values of extra fields and of a JSON
-    object output, and the whole output when it is short."""
+def output_labels(output: str) -> dict[str, str]:
+    """Candidate categorical fields of an answer: short values of a JSON object, or the short answer."""
     fields: dict[str, str] = {}
-    out = example.output_text.strip()
-    if out[:1] == "{":
-        try:
-            value = json.loads(out)
-        except ValueError:
-            value = None
-        if isinstance(value, dict):
-            for k, v in value.items():
-                if isinstance(v, str | bool | int) and len(str(v)) <= 40:
-                    fields[f"output.{k}"] = str(v)
+    out = output.strip()
+    value = _json_object(out)
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(v, str | bool | int) and len(str(v)) <= 40:
+                fields[f"output.{k}"] = str(v)
     if len(out) <= 40:
         fields["output"] = out
-    skip = set(ALPACA_FIELDS) if fmt == "alpaca" else {"messages"}
+    return fields
+
+
+class OutputFacts:
+    """output_shape and output_labels, memoised: answers repeat a lot in the datasets that matter here
+    (classification, fixed formats), and each costs a JSON parse."""
+
+    def __init__(self, capacity: int = 20_000) -> None:
+        self.capacity = capacity
+        self._memo: dict[str, tuple[str, dict[str, str]]] = {}
+
+    def __call__(self, output: str) -> tuple[str, dict[str, str]]:
+        facts = self._memo.get(output)
+        if facts is None:
+            facts = (output_shape(output), output_labels(output))
+            if len(self._memo) >= self.capacity:
+                self._memo.clear()
+            if len(output) <= 1000:
+                self._memo[output] = facts
+        return facts
+
+
+def label_fields(example: Example, fmt: Format, from_output: dict[str, str] | None = None) -> dict[str, str]:
+    """Candidate categorical fields of an example: those of its answer (see output_labels) and short
+    string values of extra fields."""
+    fields = dict(output_labels(example.output_text) if from_output is None else from_output)
+    skip = ALPACA_FIELDS if fmt == "alpaca" else ("messages",)
     for k, v in example.record.items():
         if k not in skip and isinstance(v, str | bool | int) and len(str(v)) <= 40:
             fields[k] = str(v)

@@ -7,6 +7,7 @@ and no absolute paths, so that `dvc repro` of the prepare stage reproduces the s
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from importlib import resources
 from pathlib import Path
@@ -56,10 +57,8 @@ def build_report(
         findings["contradictions"]["groups"] = keys.contradiction_groups
         findings["contradictions"]["lines"] = keys.contradictions[:LIST_LIMIT]
     if "too_long" in findings:
-        findings["too_long"]["lines"] = [
-            [int(a), int(b)]
-            for a, b in list(zip(scan.too_long, scan.too_long_tokens, strict=True))[:LIST_LIMIT]
-        ]
+        pairs = zip(scan.too_long, scan.too_long_tokens, strict=True)
+        findings["too_long"]["lines"] = [[int(a), int(b)] for a, b in itertools.islice(pairs, LIST_LIMIT)]
     labels = {
         name: [
             {"value": v, "count": c, "share": round(c / sum(counts.values()), 4)}

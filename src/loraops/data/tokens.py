@@ -21,7 +21,7 @@ import jinja2
 import jinja2.ext
 from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from loraops.data.records import Example, Format, alpaca_pieces
 from loraops.errors import DataError
@@ -66,7 +66,7 @@ class TokenCounter:
         if not tok_file.exists():
             raise DataError(
                 f"no tokenizer.json in {model_dir}",
-                hint="build or download the base model first (`loraops base-model build`)",
+                hint="build the base model (`loraops base-model`) or pass --tokenizer MODEL_DIR",
             )
         self.model_dir = model_dir
         self.tokenizer = Tokenizer.from_file(str(tok_file))
@@ -81,6 +81,14 @@ class TokenCounter:
         }
         self.eos_id = self._id(self.special.get("eos_token"))
         self.bos_id = self._id(self.special.get("bos_token"))
+        self._bos_text = self.special.get("bos_token") or "\x00no-bos"
+        self._eos_text = self.special.get("eos_token") or "\x00no-eos"
+        # Whether the post-processor adds nothing but (at most) BOS in front: then a response without
+        # special-token text needs its length only. Checked on a probe text.
+        probe = "probe text"
+        plain, special = (self.tokenizer.encode(probe, add_special_tokens=f).ids for f in (False, True))
+        self._adds_bos = special == [self.bos_id, *plain]
+        self._plain_response = special == plain or (self._adds_bos and self.bos_id is not None)
         template_file = model_dir / "chat_template.jinja"
         template = config.get("chat_template")
         if template_file.exists():
@@ -119,17 +127,24 @@ class TokenCounter:
             encs = self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
             return [len(e.ids) for e in encs]
         pieces = [alpaca_pieces(e) for e in examples]
+        texts = [r for _, r in pieces]
         prompts = self.tokenizer.encode_batch_fast([p for p, _ in pieces], add_special_tokens=True)
-        responses = self.tokenizer.encode_batch_fast([r for _, r in pieces], add_special_tokens=True)
-        eos, bos = self.eos_id, self.bos_id
-        lengths = []
-        for p, r in zip(prompts, responses, strict=True):
-            ids = r.ids
-            n = len(p.ids) + len(ids)
-            if ids:
-                if eos is not None and ids[-1] != eos:
-                    n += 1
-                if bos is not None and ids[0] == bos:
-                    n -= 1
-            lengths.append(n)
-        return lengths
+        responses = self.tokenizer.encode_batch_fast(texts, add_special_tokens=True)
+        return [
+            len(p) + self._response_len(r, text) for p, r, text in zip(prompts, responses, texts, strict=True)
+        ]
+
+    def _response_len(self, enc: Encoding, text: str) -> int:
+        """Axolotl's response length: EOS appended unless there, a leading BOS stripped."""
+        n = len(enc)
+        if not n:
+            return 0
+        if self._plain_response and not text.startswith(self._bos_text) and not text.endswith(self._eos_text):
+            # No special-token text in the response: its ids are known without building the id list.
+            return n + (self.eos_id is not None) - self._adds_bos
+        ids = enc.ids
+        if self.eos_id is not None and ids[-1] != self.eos_id:
+            n += 1
+        if self.bos_id is not None and ids[0] == self.bos_id:
+            n -= 1
+        return n

@@ -25,12 +25,12 @@ from loraops.data.records import (
     Format,
     Hasher,
     Issue,
+    OutputFacts,
     Severity,
     canonical_line,
     check,
     label_fields,
     normalise,
-    output_shape,
     parse_line,
     vote_format,
 )
@@ -197,6 +197,7 @@ class _Scan:
         self.splitter = Splitter(params.split)
         self.review_hash = review_key(params.review)
         self.plain_hash = Hasher("")
+        self.output_facts = OutputFacts()
         self.batch: list[tuple[int, Example]] = []
         self.result: ScanResult | None = None
 
@@ -289,6 +290,8 @@ class _Scan:
         lengths = self.counter.count(examples, fmt) if self.counter is not None else [0] * len(batch)
         limit = self.sequence_len
         plain = self.plain_hash
+        facts = self.output_facts
+        n_fields = 3 if fmt == "alpaca" else 1  # records with more fields have extra label candidates
         in_chars: list[int] = []
         out_chars: list[int] = []
         for (line, ex), n_tokens in zip(batch, lengths, strict=True):
@@ -306,8 +309,9 @@ class _Scan:
                 self.sink.write(split, line, n_tokens, self.review_hash(norm_in), record_json)
             in_chars.append(len(ex.input_text))
             out_chars.append(len(ex.output_text))
-            res.shapes.add(output_shape(ex.output_text))
-            res.labels.add(label_fields(ex, fmt))
+            shape, out_labels = facts(ex.output_text)
+            res.shapes.add(shape)
+            res.labels.add(label_fields(ex, fmt, out_labels) if len(ex.record) > n_fields else out_labels)
         res.examples += len(batch)
         if self.counter is not None:
             res.tokens.add_many(lengths)

@@ -30,7 +30,7 @@ class GateDecision:
     def summary(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
         parts = [
-            f"{c.name}={c.value:.3f} ({'>=' if c.name != 'forgetting' else '<='}{c.threshold:.3f})"
+            f"{c.name}={c.value:.3f} ({'<=' if c.name.endswith('forgetting') else '>='}{c.threshold:.3f})"
             for c in self.checks
         ]
         return f"gate {verdict}: " + ", ".join(parts)
