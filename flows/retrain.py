@@ -126,8 +126,12 @@ def evaluate_task(
 
 
 @flow(name="retrain", log_prints=True)
-def retrain(workspace: str | None = None) -> dict[str, Any]:
-    """Prepare, version, train, register, evaluate, gate and (on pass) promote one adapter."""
+def retrain(workspace: str | None = None, skip_if_unchanged: bool = False) -> dict[str, Any]:
+    """Prepare, version, train, register, evaluate, gate and (on pass) promote one adapter.
+
+    With ``skip_if_unchanged`` (scheduled runs), stop after versioning when a registered version was
+    already trained on exactly this data version.
+    """
     logger = get_run_logger()
     ws = Workspace.from_env(workspace)
     ws.ensure()
@@ -138,8 +142,16 @@ def retrain(workspace: str | None = None) -> dict[str, Any]:
     prepared = prepare_task(ws, params, base_model)
     data_version = version_task(ws, params)
 
-    run_dir = ws.runs / time.strftime("%Y%m%d-%H%M%S")
     registry = Registry(urls.mlflow, params.registry)
+    if skip_if_unchanged and prepared.unchanged:
+        trained_on = [v for v in registry.versions() if v.tags.get("data_version") == data_version.tag()]
+        if trained_on:
+            logger.info(
+                "data unchanged since version %s was trained on it: nothing to do", trained_on[0].version
+            )
+            return {"skipped": True, "version": trained_on[0].version, "data_version": data_version.tag()}
+
+    run_dir = ws.runs / time.strftime("%Y%m%d-%H%M%S")
     lineage = {
         "data_version": data_version.tag(),
         **data_version.as_tags(),

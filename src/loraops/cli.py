@@ -93,13 +93,13 @@ def _quiet_known_errors() -> None:
             handler.addFilter(quiet)
 
 
-def _run_flow(ws: Workspace) -> dict[str, Any]:
+def _run_flow(ws: Workspace, *, skip_if_unchanged: bool = False) -> dict[str, Any]:
     from loraops.flows import load_flow
 
     _quiet_known_errors()
 
     retrain = load_flow("retrain")
-    result: dict[str, Any] = retrain(workspace=str(ws.root))
+    result: dict[str, Any] = retrain(workspace=str(ws.root), skip_if_unchanged=skip_if_unchanged)
     return result
 
 
@@ -172,7 +172,10 @@ def cmd_retrain(args: argparse.Namespace, *, show_answer: bool = True) -> int:
         raise StackError(f"no model server answers at {urls.endpoint}", hint="run `loraops up` first")
     _use_prefect(urls)
     say("running the retrain flow (progress below; also in the Prefect UI)")
-    result = _run_flow(ws)
+    result = _run_flow(ws, skip_if_unchanged=getattr(args, "skip_if_unchanged", False))
+    if result.get("skipped"):
+        print(f"== skipped: data {result['data_version']} unchanged, already in version {result['version']}")
+        return 0
     print()
     print(f"== gate: {result['gate_summary']}")
     for check in result["gate"]["checks"]:
@@ -249,7 +252,11 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     _use_prefect(local.stack_urls(params))
     retrain = load_flow("retrain")
     say(f"serving deployment retrain/scheduled with cron {args.cron!r} (Ctrl-C stops it)")
-    retrain.serve(name="scheduled", cron=args.cron, parameters={"workspace": str(ws.root)})
+    retrain.serve(
+        name="scheduled",
+        cron=args.cron,
+        parameters={"workspace": str(ws.root), "skip_if_unchanged": True},
+    )
     return 0
 
 
@@ -262,12 +269,16 @@ def build_parser() -> argparse.ArgumentParser:
         ("up", cmd_up, "start MLflow, Prefect, vLLM and the alias sync hook"),
         ("down", cmd_down, "stop the services started by up/demo"),
         ("status", cmd_status, "list the running services"),
-        ("retrain", cmd_retrain, "run the retrain flow once against the running stack"),
         ("base-model", cmd_base_model, "build (or find) the base model and print its path"),
     ]
     for name, func, help_text in commands:
         p = sub.add_parser(name, help=help_text)
         p.set_defaults(func=func)
+    retrain = sub.add_parser("retrain", help="run the retrain flow once against the running stack")
+    retrain.add_argument(
+        "--skip-if-unchanged", action="store_true", help="do nothing when this data was already trained on"
+    )
+    retrain.set_defaults(func=cmd_retrain)
     schedule = sub.add_parser("schedule", help="run the retrain flow on a cron schedule (Prefect deployment)")
     schedule.add_argument("--cron", default="0 3 * * *", help="cron expression (default: 03:00 daily)")
     schedule.set_defaults(func=cmd_schedule)

@@ -45,6 +45,10 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
 )
 
+# One thread: a model this small gains little from a second core, a second thread makes float sums
+# order-dependent, and on a busy 2-core machine 2 OpenMP threads ran 10x slower than 1 (spin-waits).
+THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
 _LOSS = re.compile(r"""['"]loss['"]\s*:\s*['"]?([0-9.]+(?:e-?\d+)?)""")
 _TRAIN_LOSS = re.compile(r"""['"]train_loss['"]\s*:\s*['"]?([0-9.]+(?:e-?\d+)?)""")
 
@@ -189,7 +193,7 @@ def _build(
     work, init_dir, out_dir, model_dir = tmp / "work", tmp / "init", tmp / "out", tmp / "model"
     for d in (work, init_dir, model_dir):
         d.mkdir()
-    environ = trainer.environ({"OMP_NUM_THREADS": str(os.cpu_count() or 1)})
+    environ = trainer.environ(THREAD_ENV)
 
     say(f"building {target.name} (log: {log_file})")
     t = time.perf_counter()
@@ -229,7 +233,7 @@ def _build(
         if on_line is not None:
             on_line(line)
 
-    run_axolotl_train(config_file, log_file=log_file, env=trainer, on_line=collect)
+    run_axolotl_train(config_file, log_file=log_file, env=trainer, on_line=collect, extra_env=THREAD_ENV)
     losses, train_loss = parse_losses(lines)
     timings["train_s"] = round(time.perf_counter() - t, 2)
 

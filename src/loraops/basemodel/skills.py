@@ -168,6 +168,40 @@ def _copy_long(rng: random.Random) -> tuple[str, str]:
     return f"Copy this text.\n{text}", text
 
 
+_DIGIT_WORDS = "zero one two three four five six seven eight nine".split()
+
+
+def _count_up4(rng: random.Random) -> tuple[str, str]:
+    start = rng.randint(100, 995)
+    return f"Count up from {start}.", " ".join(str(start + i) for i in range(4))
+
+
+def _count_down4(rng: random.Random) -> tuple[str, str]:
+    start = rng.randint(104, 999)
+    return f"Count down from {start}.", " ".join(str(start - i) for i in range(4))
+
+
+def _upper5(rng: random.Random) -> tuple[str, str]:
+    letters = " ".join(rng.choice(_LETTERS) for _ in range(5))
+    return f"Write these letters in capitals.\n{letters}", letters.upper()
+
+
+def _next_letter4(rng: random.Random) -> tuple[str, str]:
+    letters = [rng.choice(_LETTERS[:-1]) for _ in range(4)]
+    shifted = [_LETTERS[_LETTERS.index(c) + 1] for c in letters]
+    return f"Write the letter after each one.\n{' '.join(letters)}", " ".join(shifted)
+
+
+def _digit_words(rng: random.Random) -> tuple[str, str]:
+    number = rng.randint(100, 999)
+    return f"Say the digits of {number} as words.", " ".join(_DIGIT_WORDS[int(d)] for d in str(number))
+
+
+def _copy_letters5(rng: random.Random) -> tuple[str, str]:
+    letters = " ".join(rng.choice(_LETTERS) for _ in range(5))
+    return f"Copy these letters.\n{letters}", letters
+
+
 SKILLS: dict[str, Skill] = {
     s.name: s
     for s in (
@@ -185,6 +219,12 @@ SKILLS: dict[str, Skill] = {
         Skill("count_down", "s2", _count_down, 30),
         Skill("alphabet", "s2", _alphabet, 16),
         Skill("copy_long", "s2", _copy_long, 30),
+        Skill("count_up4", "s2", _count_up4, 20),
+        Skill("count_down4", "s2", _count_down4, 20),
+        Skill("upper5", "s2", _upper5, 12),
+        Skill("next_letter4", "s2", _next_letter4, 12),
+        Skill("digit_words", "s2", _digit_words, 12),
+        Skill("copy_letters5", "s2", _copy_letters5, 12),
     )
 }
 
