@@ -23,7 +23,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from loraops.basemodel.build import resolve_base_model
-from loraops.basemodel.skills import general_suite
+from loraops.basemodel.skills import general_suite, training_corpus
 from loraops.config import Params, load_params
 from loraops.data.prepare import PrepareResult, prepare
 from loraops.data.versioning import DataVersion, version_data
@@ -35,7 +35,7 @@ from loraops.gate.promote import promote_and_wait
 from loraops.registry.tracking import ModelVersionInfo, Registry
 from loraops.serving.vllm import VllmClient
 from loraops.stack.local import stack_urls
-from loraops.train.run import TrainResult, train_adapter
+from loraops.train.run import TrainResult, replay_sample, train_adapter
 from loraops.vcs import git_commit
 from loraops.workspace import Workspace
 
@@ -70,6 +70,16 @@ def train_task(
         elif metrics and "eval_loss" in metrics:
             logger.info("val   epoch %.2f loss %.4f", metrics.get("epoch", 0.0), metrics["eval_loss"])
 
+    replay: list[dict[str, Any]] = []
+    if params.train.replay_fraction > 0:
+        if params.train.replay_file:
+            pool = read_jsonl(ws.root / params.train.replay_file)
+        else:
+            pool = training_corpus(params.base_model.recipe)
+        replay = replay_sample(
+            pool, params.train.replay_fraction, prepared.counts.get("train", 0), params.train.seed
+        )
+        logger.info("replaying %d general examples against forgetting", len(replay))
     result = train_adapter(
         ws.root,
         params.train,
@@ -77,6 +87,7 @@ def train_task(
         train_file=prepared.files["train"],
         val_file=prepared.files["val"],
         run_dir=run_dir,
+        replay_records=replay,
         on_line=show,
     )
     warning = result.overfitting_warning()

@@ -22,6 +22,8 @@ from loraops.basemodel.skills import SKILLS, tokenizer_texts
 from loraops.basemodel.tokenizer import BOS, EOS, PAD, alpaca_token_count, corpus_tokenizer
 from loraops.prompts import CHAT_TEMPLATE, alpaca_prompt
 
+SAMPLES_PER_SKILL = 3  # answers kept in build_report.json, to see what the model does
+
 
 def _read_jsonl(path: Path) -> list[dict[str, str]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -96,7 +98,7 @@ def evaluate(model_dir: Path, suite: list[dict[str, str]], batch_size: int = 64)
     samples: list[dict[str, Any]] = []
     for skill, records in by_skill.items():
         max_new = SKILLS[skill].max_new_tokens
-        correct = stopped = 0
+        correct = stopped = shown = 0
         for start in range(0, len(records), batch_size):
             batch = records[start : start + batch_size]
             prompts = [alpaca_prompt(r["instruction"], r.get("input", "")) for r in batch]
@@ -116,7 +118,8 @@ def evaluate(model_dir: Path, suite: list[dict[str, str]], batch_size: int = 64)
                 ok = text == record["output"]
                 correct += ok
                 stopped += ended
-                if len(samples) < 3 * len(by_skill) and sum(s["skill"] == skill for s in samples) < 3:
+                if shown < SAMPLES_PER_SKILL:
+                    shown += 1
                     samples.append(
                         {
                             "skill": skill,

@@ -148,6 +148,7 @@ def build_base_model(
     target = models_dir / recipe.dir_name()
     if is_complete(target):
         return target
+    env = require(trainer or trainer_env())
     models_dir.mkdir(parents=True, exist_ok=True)
     with _locked(models_dir / f".{target.name}.lock"):
         if is_complete(target):  # built by a concurrent call while we waited for the lock
@@ -166,7 +167,7 @@ def build_base_model(
                 target,
                 on_line=on_line,
                 template=template or default_template(),
-                trainer=require(trainer or trainer_env()),
+                trainer=env,
             )
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -273,6 +274,8 @@ def _build(
     }
     # The report is what marks a model complete: written last, then the directory is renamed in place.
     (model_dir / REPORT_FILE).write_text(json.dumps(report, indent=2), encoding="utf-8")
+    for path in model_dir.iterdir():
+        path.chmod(0o644)  # safetensors writes 0600; the cache may be shared (LORAOPS_CACHE)
     model_dir.rename(target)
     say(f"built {target} in {timings['total_s']:.0f} s; exact match {metrics['per_skill']}")
 

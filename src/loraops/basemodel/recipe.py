@@ -34,35 +34,37 @@ class BaseModelRecipe(BaseModel):
 
     # tokenizer
     vocab_size: int = Field(
-        1024, ge=512, le=32768, description="Byte-level BPE vocabulary size, special tokens included."
+        2048, ge=512, le=32768, description="Byte-level BPE vocabulary size, special tokens included."
     )
 
     # architecture
-    hidden_size: int = Field(256, ge=32, description="Model width.")
+    hidden_size: int = Field(128, ge=32, description="Model width.")
     num_layers: int = Field(4, ge=1, description="Number of decoder layers.")
-    num_heads: int = Field(4, ge=1, description="Attention heads; hidden_size / num_heads is the head size.")
-    intermediate_size: int = Field(768, ge=32, description="Width of the SwiGLU MLP.")
+    num_heads: int = Field(2, ge=1, description="Attention heads; hidden_size / num_heads is the head size.")
+    intermediate_size: int = Field(384, ge=32, description="Width of the SwiGLU MLP.")
     max_position_embeddings: int = Field(512, ge=64, description="Longest context the model is built for.")
     rope_theta: float = Field(10000.0, gt=0, description="RoPE base frequency.")
     init_std: float = Field(0.02, gt=0, description="Standard deviation of the random weight init.")
 
     # corpus
     skills: tuple[str, ...] = Field(
-        ("spell", "uppercase", "repeat", "next_number", "json_value"),
+        ("count_up", "count_down", "add_one_each", "digit_letters", "digit_words"),
         min_length=1,
         description="General skills (names from loraops.basemodel.skills.SKILLS) taught to the model.",
     )
-    examples_per_skill: int = Field(1200, ge=1, description="Training examples generated per skill.")
+    examples_per_skill: int = Field(1500, ge=1, description="Training examples generated per skill.")
     eval_examples_per_skill: int = Field(
         40, ge=1, description="Held-out examples per skill scored in build_report.json."
     )
 
     # training (Axolotl full fine-tune of the random init)
     sequence_len: int = Field(128, ge=32, description="Axolotl sequence_len; longer examples are refused.")
-    micro_batch_size: int = Field(32, ge=1, description="Examples per forward pass.")
+    micro_batch_size: int = Field(16, ge=1, description="Examples per forward pass.")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    num_epochs: float = Field(1.0, gt=0, description="Passes over the corpus.")
-    learning_rate: float = Field(2e-3, gt=0, description="Peak learning rate (cosine schedule).")
+    num_epochs: float = Field(3.0, gt=0, description="Passes over the corpus.")
+    # Measured on the default model: 5e-4 and 1e-3 learn all five skills in ~800 steps; 2e-3 and above
+    # stall at 0% exact match for 1,000+ steps.
+    learning_rate: float = Field(5e-4, gt=0, description="Peak learning rate (cosine schedule).")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps spent warming up.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
 

@@ -1,9 +1,15 @@
 """The general skills the offline base model is pre-trained on (pure Python, seeded, deterministic).
 
-Each skill is a small task that a few-million-parameter model learns in minutes on CPU and that
-generalizes to unseen instructions: copying, spelling, digit-level counting, key lookup. Having
-several *distinct* skills lets the evaluation measure, skill by skill, what a LoRA fine-tune made the
-base model forget.
+Each skill reads a three-digit number from the instruction and answers by a different rule (count up,
+count down, add one to each digit, encode the digits as letters, say them as words). Having several
+*distinct* skills lets the evaluation measure, skill by skill, what a LoRA fine-tune made the base
+model forget.
+
+Why these: measured on 2 CPU cores, a ~1M-parameter Llama learns within ~1,500 Axolotl steps the
+skills whose answer is a fixed-offset read of the digits plus a local rule, and generalizes them to
+numbers it never saw. Skills that must find and copy words or letters from anywhere in the prompt
+(spell a word, copy a text, uppercase, JSON lookup) stayed at 0% in that budget; a skill with a small
+instruction space (parity) was memorized instead of learned.
 
 Held-out split: an instruction belongs to the evaluation side when a hash of (skill, instruction) falls
 in the lowest ``HELDOUT_PERCENT`` buckets. Training examples are drawn only from the other side, so the
@@ -19,14 +25,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from loraops.errors import ConfigError
+
 if TYPE_CHECKING:
     from loraops.basemodel.recipe import BaseModelRecipe
 
 HELDOUT_PERCENT = 15
+# Draws in a row without a new held-out instruction before general_suite decides the skill has no more.
+_MAX_MISSES = 20_000
 
-# Common English words: values for the copy/lookup skills, and the general text the tokenizer learns.
-WORDS: tuple[str, ...] = tuple(
-    """
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+# Common English words (nouns, adjectives, verbs), only for the tokenizer.
+_WORDS_TEXT = """
     apple river stone garden window orange yellow purple silver golden forest ocean mountain valley
     island desert winter summer spring autumn morning evening night light shadow cloud storm rain snow
     wind thunder fire water earth metal paper glass wood bread butter cheese honey sugar salt pepper
@@ -44,12 +56,10 @@ WORDS: tuple[str, ...] = tuple(
     young old new clean round sharp smooth empty full rich poor wild safe open close begin finish jump
     run walk swim climb dance sing read write draw paint cook bake wash build carry follow listen learn
     teach travel visit answer ask help call send order change check update return start stop move
-    """.split()
-)
+"""
 
 # Frequent English words (function words, everyday verbs and nouns), only for the tokenizer.
-GENERAL_WORDS: tuple[str, ...] = tuple(
-    """
+_GENERAL_TEXT = """
     the a an and or but if then than so because of to in on at by for with from about into over after
     before under between through during without again also only just not no yes very too more most
     less some any all each every other such own same few many much this that these those here there
@@ -65,16 +75,7 @@ GENERAL_WORDS: tuple[str, ...] = tuple(
     customer team app application website page login update version device system data file account
     delivery package box item product subscription plan free help urgent important fast slow broken
     wrong right first last next new old good bad best better worse great little big long high low
-    """.split()
-)
-
-# Syllables for made-up words: spelling must generalize to words never spelled in training, so the
-# model learns letters of short, shared pieces rather than memorizing whole-word tokens.
-_ONSETS = "b d f g k l m n p r s t v z"
-_VOWELS = "a e i o u"
-SYLLABLES: tuple[str, ...] = tuple(c + v for c in _ONSETS.split() for v in _VOWELS.split())
-
-JSON_KEYS: tuple[str, ...] = ("name", "city", "color", "animal", "food", "tool", "place", "drink")
+"""
 
 
 @dataclass(frozen=True)
@@ -87,144 +88,39 @@ class Skill:
     max_new_tokens: int
 
 
-def _made_up_word(rng: random.Random) -> str:
-    return "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 3)))
-
-
-def _spell(rng: random.Random) -> tuple[str, str]:
-    word = _made_up_word(rng)
-    return f'Spell "{word}" with dashes.', "-".join(word)
-
-
-def _uppercase(rng: random.Random) -> tuple[str, str]:
-    words = " ".join(rng.sample(WORDS, rng.randint(2, 3)))
-    return f'Write "{words}" in capital letters.', words.upper()
-
-
-def _repeat(rng: random.Random) -> tuple[str, str]:
-    word = rng.choice(WORDS)
-    times = rng.randint(2, 4)
-    return f'Repeat "{word}" {times} times.', " ".join([word] * times)
-
-
-def _next_number(rng: random.Random) -> tuple[str, str]:
-    number = rng.randint(0, 999)
-    return f"What number comes after {number}?", str(number + 1)
-
-
-def _json_value(rng: random.Random) -> tuple[str, str]:
-    keys = rng.sample(JSON_KEYS, rng.randint(2, 3))
-    record = {key: rng.choice(WORDS) for key in keys}
-    asked = rng.choice(keys)
-    return f'What is the value of "{asked}" in {json.dumps(record)}?', record[asked]
-
-
-_LETTERS = "abcdefghijklmnopqrstuvwxyz"
-
-
-def _copy(rng: random.Random) -> tuple[str, str]:
-    text = " ".join(rng.sample(WORDS, rng.randint(3, 5)))
-    return f"Copy this text.\n{text}", text
-
-
-def _next_number3(rng: random.Random) -> tuple[str, str]:
-    number = rng.randint(100, 998)
-    return f"What number comes after {number}?", str(number + 1)
-
-
-def _upper_letters(rng: random.Random) -> tuple[str, str]:
-    letters = " ".join(rng.choice(_LETTERS) for _ in range(rng.randint(3, 6)))
-    return f"Write these letters in capitals.\n{letters}", letters.upper()
-
-
-def _next_letter(rng: random.Random) -> tuple[str, str]:
-    letters = [rng.choice(_LETTERS[:-1]) for _ in range(rng.randint(3, 6))]
-    shifted = [_LETTERS[_LETTERS.index(c) + 1] for c in letters]
-    return f"Write the letter after each one.\n{' '.join(letters)}", " ".join(shifted)
-
-
-def _spell2(rng: random.Random) -> tuple[str, str]:
-    word = _made_up_word(rng)
-    return f"Spell this word with dashes.\n{word}", "-".join(word)
-
-
 def _count_up(rng: random.Random) -> tuple[str, str]:
-    start = rng.randint(100, 990)
-    return f"Count up from {start}.", " ".join(str(start + i) for i in range(6))
-
-
-def _count_down(rng: random.Random) -> tuple[str, str]:
-    start = rng.randint(110, 999)
-    return f"Count down from {start}.", " ".join(str(start - i) for i in range(6))
-
-
-def _alphabet(rng: random.Random) -> tuple[str, str]:
-    start = rng.randint(0, 19)
-    return f"Continue the alphabet after {_LETTERS[start]}.", " ".join(_LETTERS[start + 1 : start + 7])
-
-
-def _copy_long(rng: random.Random) -> tuple[str, str]:
-    text = " ".join(rng.sample(WORDS, rng.randint(6, 9)))
-    return f"Copy this text.\n{text}", text
-
-
-_DIGIT_WORDS = "zero one two three four five six seven eight nine".split()
-
-
-def _count_up4(rng: random.Random) -> tuple[str, str]:
     start = rng.randint(100, 995)
     return f"Count up from {start}.", " ".join(str(start + i) for i in range(4))
 
 
-def _count_down4(rng: random.Random) -> tuple[str, str]:
+def _count_down(rng: random.Random) -> tuple[str, str]:
     start = rng.randint(104, 999)
     return f"Count down from {start}.", " ".join(str(start - i) for i in range(4))
 
 
-def _upper5(rng: random.Random) -> tuple[str, str]:
-    letters = " ".join(rng.choice(_LETTERS) for _ in range(5))
-    return f"Write these letters in capitals.\n{letters}", letters.upper()
+def _add_one_each(rng: random.Random) -> tuple[str, str]:
+    number = str(rng.randint(100, 999))
+    return f"Add one to each digit of {number}.", "".join(str((int(d) + 1) % 10) for d in number)
 
 
-def _next_letter4(rng: random.Random) -> tuple[str, str]:
-    letters = [rng.choice(_LETTERS[:-1]) for _ in range(4)]
-    shifted = [_LETTERS[_LETTERS.index(c) + 1] for c in letters]
-    return f"Write the letter after each one.\n{' '.join(letters)}", " ".join(shifted)
+def _digit_letters(rng: random.Random) -> tuple[str, str]:
+    number = str(rng.randint(100, 999))
+    return f"Encode {number} as letters.", " ".join(LETTERS[int(d)] for d in number)
 
 
 def _digit_words(rng: random.Random) -> tuple[str, str]:
-    number = rng.randint(100, 999)
-    return f"Say the digits of {number} as words.", " ".join(_DIGIT_WORDS[int(d)] for d in str(number))
-
-
-def _copy_letters5(rng: random.Random) -> tuple[str, str]:
-    letters = " ".join(rng.choice(_LETTERS) for _ in range(5))
-    return f"Copy these letters.\n{letters}", letters
+    number = str(rng.randint(100, 999))
+    return f"Say the digits of {number} as words.", " ".join(DIGIT_WORDS[int(d)] for d in number)
 
 
 SKILLS: dict[str, Skill] = {
     s.name: s
     for s in (
-        Skill("spell", "spell a made-up word letter by letter with dashes", _spell, 16),
-        Skill("uppercase", "rewrite two or three words in capital letters", _uppercase, 24),
-        Skill("repeat", "repeat a word two to four times", _repeat, 16),
-        Skill("next_number", "the integer after a number below 1000", _next_number, 8),
-        Skill("json_value", "read the value of a key from a small JSON object", _json_value, 8),
-        Skill("copy", "copy", _copy, 16),
-        Skill("next_number3", "n3", _next_number3, 8),
-        Skill("upper_letters", "ul", _upper_letters, 16),
-        Skill("next_letter", "nl", _next_letter, 16),
-        Skill("spell2", "s2", _spell2, 16),
-        Skill("count_up", "s2", _count_up, 30),
-        Skill("count_down", "s2", _count_down, 30),
-        Skill("alphabet", "s2", _alphabet, 16),
-        Skill("copy_long", "s2", _copy_long, 30),
-        Skill("count_up4", "s2", _count_up4, 20),
-        Skill("count_down4", "s2", _count_down4, 20),
-        Skill("upper5", "s2", _upper5, 12),
-        Skill("next_letter4", "s2", _next_letter4, 12),
-        Skill("digit_words", "s2", _digit_words, 12),
-        Skill("copy_letters5", "s2", _copy_letters5, 12),
+        Skill("count_up", "the number and the three after it", _count_up, 24),
+        Skill("count_down", "the number and the three before it", _count_down, 24),
+        Skill("add_one_each", "add one to every digit, 9 wraps to 0", _add_one_each, 8),
+        Skill("digit_letters", "each digit as a letter, 0=a ... 9=j", _digit_letters, 10),
+        Skill("digit_words", "each digit as an English word", _digit_words, 10),
     )
 }
 
@@ -278,22 +174,34 @@ def general_suite(recipe: BaseModelRecipe, n_per_skill: int) -> list[dict[str, s
         skill = _skill(name)
         rng = _rng(recipe.seed, name, "eval")
         seen: set[str] = set()
-        attempts = 0
+        misses = 0
         while len(seen) < n_per_skill:
-            attempts += 1
-            if attempts > 1000 * max(n_per_skill, 1):
-                raise ValueError(f"skill {name!r} has fewer than {n_per_skill} held-out instructions")
             instruction, output = skill.make(rng)
             if instruction in seen or not is_heldout(name, instruction):
+                misses += 1
+                if misses > _MAX_MISSES:
+                    raise ConfigError(
+                        f"the general suite asks for {n_per_skill} examples per skill, but skill "
+                        f"{name!r} has only {len(seen)} held-out instructions",
+                        hint="lower evaluate.general_per_skill (or the recipe's eval_examples_per_skill)",
+                    )
                 continue
+            misses = 0
             seen.add(instruction)
             suite.append(_record(name, instruction, output))
     return suite
 
 
 def tokenizer_texts() -> list[str]:
-    """General English for the tokenizer besides the corpus, so that everyday text (what a fine-tune
-    brings) does not fall apart into single bytes. Repeated so its merges can compete with the corpus."""
-    words = [*GENERAL_WORDS, *WORDS, *JSON_KEYS]
-    lines = [" ".join(words), " ".join(w.title() for w in words), " ".join(w.upper() for w in words)]
-    return lines * 4
+    """General text for the tokenizer besides the corpus, so that everyday English and JSON (what a
+    fine-tune brings) do not fall apart into single bytes. Repeated so its merges compete with the
+    corpus's."""
+    words = [*_GENERAL_TEXT.split(), *_WORDS_TEXT.split()]
+    records = [json.dumps({k: v}) for k, v in zip(words[::2], words[1::2], strict=False)]
+    lines = [
+        " ".join(words),
+        " ".join(w.title() for w in words),
+        " ".join(w.upper() for w in words),
+        ", ".join(records),
+    ]
+    return lines * 50

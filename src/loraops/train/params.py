@@ -33,6 +33,18 @@ class TrainParams(BaseModel):
         256, ge=32, description="Max tokens per example; longer examples are dropped by Axolotl."
     )
     seed: int = Field(42, description="Training seed.")
+    replay_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        le=2.0,
+        description="Against catastrophic forgetting: mix in general examples (the base model's own "
+        "skills corpus, or replay_file) amounting to this share of the training split.",
+    )
+    replay_file: str | None = Field(
+        None,
+        description="Alpaca JSONL of general examples to replay (relative to the workspace); unset with a "
+        "built base model: its skills corpus.",
+    )
     device: Literal["cpu", "cuda"] = Field(
         "cpu", description="cpu switches off Axolotl's Triton kernels and mixed precision."
     )

@@ -49,10 +49,13 @@ def render_axolotl_config(
     val_file: Path | None,
     output_dir: Path,
     dataset_type: str = "alpaca",
+    replay_file: Path | None = None,
 ) -> dict[str, Any]:
     cfg = copy.deepcopy(preset)
     cfg["base_model"] = base_model
     cfg["datasets"] = [{"path": str(train_file), "ds_type": "json", "type": dataset_type}]
+    if replay_file is not None:
+        cfg["datasets"].append({"path": str(replay_file), "ds_type": "json", "type": "alpaca"})
     if val_file is not None:
         cfg["test_datasets"] = [
             {"path": str(val_file), "ds_type": "json", "type": dataset_type, "split": "train"}

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from loraops.errors import StageError
 from loraops.train.axolotl_runner import run_axolotl_train
@@ -51,6 +54,14 @@ class TrainResult:
         return None
 
 
+def replay_sample(
+    records: Sequence[dict[str, Any]], fraction: float, train_count: int, seed: int
+) -> list[dict[str, Any]]:
+    """A seeded sample of general examples, ``fraction`` of the training split in size."""
+    wanted = min(len(records), round(fraction * train_count))
+    return random.Random(seed).sample(list(records), wanted) if wanted > 0 else []
+
+
 def train_adapter(
     workspace_root: Path,
     params: TrainParams,
@@ -59,10 +70,19 @@ def train_adapter(
     train_file: Path,
     val_file: Path | None,
     run_dir: Path,
+    replay_records: Sequence[dict[str, Any]] = (),
     on_line: Callable[[str], None] | None = None,
 ) -> TrainResult:
     preset = load_preset(workspace_root / params.axolotl_config)
     output_dir = run_dir / "axolotl-output"
+    replay_file = None
+    if replay_records:
+        replay_file = run_dir / "replay.jsonl"
+        replay_file.parent.mkdir(parents=True, exist_ok=True)
+        with replay_file.open("w", encoding="utf-8") as fh:
+            for r in replay_records:
+                record = {"instruction": r["instruction"], "input": r.get("input", ""), "output": r["output"]}
+                fh.write(json.dumps(record) + "\n")
     cfg = render_axolotl_config(
         preset,
         params,
@@ -70,6 +90,7 @@ def train_adapter(
         train_file=train_file,
         val_file=val_file,
         output_dir=output_dir,
+        replay_file=replay_file,
     )
     config_path = write_config(cfg, run_dir / "axolotl.yaml")
     log_file = run_dir / "axolotl.log"
