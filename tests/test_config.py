@@ -84,5 +84,5 @@ def test_hf_model_source_gives_served_name():
 
 def test_adapter_rank_must_fit_the_server(tmp_path: Path):
     path = _write(tmp_path, "train:\n  lora_r: 32\nserving:\n  max_lora_rank: 16\n")
-    with pytest.raises(ConfigError, match="exceeds serving.max_lora_rank"):
+    with pytest.raises(ConfigError, match=r"exceeds serving\.max_lora_rank"):
         load_params(path)
