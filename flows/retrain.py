@@ -35,6 +35,7 @@ from loraops.gate.promote import promote_and_wait
 from loraops.registry.tracking import ModelVersionInfo, Registry
 from loraops.serving.vllm import VllmClient
 from loraops.stack.local import stack_urls
+from loraops.train.render import parse_metrics_line
 from loraops.train.run import TrainResult, replay_sample, train_adapter
 from loraops.vcs import git_commit
 from loraops.workspace import Workspace
@@ -61,12 +62,17 @@ def train_task(
 ) -> TrainResult:
     logger = get_run_logger()
 
-    def show(line: str) -> None:
-        from loraops.train.render import parse_metrics_line
+    steps = 0
 
+    def show(line: str) -> None:
+        nonlocal steps
         metrics = parse_metrics_line(line)
         if metrics and "loss" in metrics:
-            logger.info("train epoch %.2f loss %.4f", metrics.get("epoch", 0.0), metrics["loss"])
+            steps += 1
+            if steps % 10 == 1:
+                logger.info(
+                    "train step %d epoch %.2f loss %.4f", steps, metrics.get("epoch", 0.0), metrics["loss"]
+                )
         elif metrics and "eval_loss" in metrics:
             logger.info("val   epoch %.2f loss %.4f", metrics.get("epoch", 0.0), metrics["eval_loss"])
 
