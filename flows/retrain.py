@@ -109,7 +109,7 @@ def evaluate_task(
 ) -> EvalReport:
     logger = get_run_logger()
     urls = stack_urls(params)
-    server = VllmClient(urls.endpoint.removesuffix("/v1"))
+    server = VllmClient(urls.server)
     candidate_name = f"{params.registry.model_name}-candidate-v{version.version}"
     local = registry.download_adapter(version.version, ws.runs / "candidates" / f"v{version.version}")
     server.load_adapter(candidate_name, local)
@@ -117,7 +117,7 @@ def evaluate_task(
     try:
         report = evaluate_candidate(
             CompletionClient(
-                urls.endpoint.removesuffix("/v1"),
+                urls.server,
                 timeout_s=params.evaluate.request_timeout_s,
                 concurrency=params.evaluate.concurrency,
             ),

@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 from openai import OpenAI
 
 from conftest import make_workspace, run_cli
+from loraops.evaluate.metrics import first_json_object
 from loraops.gate.promote import sync_status
 from loraops.serving.vllm import VllmClient
 from loraops.stack.process import ServiceManager
@@ -24,17 +25,6 @@ from loraops.stack.process import ServiceManager
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 TRIAGE_KEYS = {"category", "priority", "product"}
-
-
-def _triage(text: str) -> dict | None:
-    start = text.find("{")
-    if start < 0:
-        return None
-    try:
-        value, _ = json.JSONDecoder().raw_decode(text[start:])
-    except json.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _wait_served(d: Demo, version: str, timeout_s: float = 60) -> dict:
@@ -109,10 +99,10 @@ def test_stable_name_serves_the_adapter_and_base_name_the_base(demo: tuple[Demo,
         assert run_cli(d.ws, "promote", "1").returncode == 0
         _wait_served(d, "1")
     prompt = d.test_prompt()
-    adapted = _triage(d.ask(d.model, prompt))
+    adapted = first_json_object(d.ask(d.model, prompt))
     assert adapted is not None and set(adapted) == TRIAGE_KEYS, adapted
     base_answer = d.ask(d.params["base_model"]["recipe"]["name"], prompt)
-    base = _triage(base_answer)
+    base = first_json_object(base_answer)
     assert base is None or set(base) != TRIAGE_KEYS, base_answer
 
 
@@ -153,7 +143,7 @@ def test_rollback_in_the_registry_hot_swaps_without_restart(demo: tuple[Demo, st
         status = _wait_served(d, version)
     served = {m.id: m.root for m in VllmClient(d.endpoint.removesuffix("/v1")).models()}
     assert served[d.model] == status["served_path"]
-    assert _triage(d.ask(d.model, d.test_prompt())) is not None
+    assert first_json_object(d.ask(d.model, d.test_prompt())) is not None
     assert d.vllm_pid() == pid, "the server was restarted"
 
 

@@ -168,7 +168,7 @@ def cmd_retrain(args: argparse.Namespace, *, show_answer: bool = True) -> int:
     ws = _workspace(args)
     params = _params(ws)
     urls = local.stack_urls(params)
-    if not http_ok(urls.endpoint.removesuffix("/v1") + "/health"):
+    if not http_ok(urls.server + "/health"):
         raise StackError(f"no model server answers at {urls.endpoint}", hint="run `loraops up` first")
     _use_prefect(urls)
     say("running the retrain flow (progress below; also in the Prefect UI)")
@@ -205,7 +205,7 @@ def cmd_retrain(args: argparse.Namespace, *, show_answer: bool = True) -> int:
 def _has_champion(urls: Any, params: Any) -> bool:
     from loraops.serving.vllm import VllmClient
 
-    return VllmClient(urls.endpoint.removesuffix("/v1")).served_path(params.registry.model_name) is not None
+    return VllmClient(urls.server).served_path(params.registry.model_name) is not None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

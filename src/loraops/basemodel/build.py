@@ -11,15 +11,13 @@ file makes a second concurrent build of the same recipe wait for the first and r
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import re
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ from loraops.basemodel.recipe import BaseModelRecipe
 from loraops.basemodel.skills import general_suite, training_corpus
 from loraops.envs import PythonEnv, repo_root, require, run_streaming, trainer_env
 from loraops.errors import ConfigError, DataError
+from loraops.locks import file_lock
 from loraops.train.axolotl_runner import run_axolotl_train
 
 REPORT_FILE = "build_report.json"
@@ -126,16 +125,6 @@ def _write_jsonl(path: Path, records: Iterable[dict[str, str]]) -> None:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    with lock_path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def build_base_model(
     recipe: BaseModelRecipe,
     models_dir: Path,
@@ -150,7 +139,7 @@ def build_base_model(
         return target
     env = require(trainer or trainer_env())
     models_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(models_dir / f".{target.name}.lock"):
+    with file_lock(models_dir / f".{target.name}.lock"):
         if is_complete(target):  # built by a concurrent call while we waited for the lock
             return target
         # Holding the lock, any temp dir of this recipe is left over from an interrupted build.

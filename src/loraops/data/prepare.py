@@ -10,13 +10,11 @@ output version) is kept in ``.loraops/data/``: preparing the same inputs again i
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from loraops.data.split import SPLITS, in_review, review_fraction
 from loraops.data.tokens import TokenCounter
 from loraops.data.validate import OnIssue, ScanResult, SplitSink, scan
 from loraops.errors import DataError
+from loraops.locks import file_lock
 from loraops.prompts import CHAT_TEMPLATE, alpaca_prompt
 from loraops.workspace import Workspace
 
@@ -212,17 +211,6 @@ def recover_dir(prepared: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def publish_dir(built: Path, prepared: Path) -> None:
     old = prepared.parent / f".{prepared.name}.old-{os.getpid()}-{os.urandom(3).hex()}"
     if prepared.exists():
@@ -359,7 +347,7 @@ def prepare(
         write_report(report, files["report_json"], files["report_html"])
         for part in sink.paths.values():
             part.unlink()
-        with _lock(stamp_file.with_suffix(".lock")):
+        with file_lock(stamp_file.with_suffix(".lock")):
             publish_dir(out, prepared)
             done = PrepareResult(
                 format=result.format,

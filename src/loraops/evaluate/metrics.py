@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-def _first_json_object(text: str) -> dict[str, Any] | None:
+def first_json_object(text: str) -> dict[str, Any] | None:
+    """The first JSON object in ``text`` (models often add text around it), or None."""
     start = text.find("{")
     if start < 0:
         return None
@@ -48,7 +49,7 @@ def score_json_fields(answers: Sequence[str], references: Sequence[str]) -> Task
     for answer, reference in zip(answers, references, strict=True):
         expected = json.loads(reference)
         field_names.update(expected)
-        got = _first_json_object(answer.strip())
+        got = first_json_object(answer.strip())
         if got is None:
             continue
         valid += 1

@@ -26,6 +26,11 @@ class StackUrls:
     endpoint: str
     sync: str
 
+    @property
+    def server(self) -> str:
+        """The vLLM server's root URL (the endpoint without /v1), for health and adapter calls."""
+        return self.endpoint.removesuffix("/v1")
+
 
 def stack_urls(params: Params) -> StackUrls:
     host = params.stack.host
@@ -104,7 +109,7 @@ def up(ws: Workspace, params: Params, base_model: str) -> StackUrls:
             port=params.stack.sync_port,
             host=params.stack.host,
             tracking_uri=urls.mlflow,
-            vllm_url=urls.endpoint.removesuffix("/v1"),
+            vllm_url=urls.server,
             model_name=params.registry.model_name,
             alias=params.registry.champion_alias,
             secret_file=webhook_secret(ws),
