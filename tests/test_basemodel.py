@@ -27,6 +27,8 @@ from loraops.basemodel.build import (
 from loraops.basemodel.recipe import DEFAULT_RECIPE, BaseModelRecipe
 from loraops.basemodel.skills import general_suite, is_heldout, tokenizer_texts, training_corpus
 from loraops.basemodel.tokenizer import BOS, EOS, PAD, alpaca_token_count, corpus_tokenizer
+from loraops.basemodel.writing import WRITING_SKILL
+from loraops.data.demo import generate_tickets
 from loraops.envs import PythonEnv, repo_root, trainer_env
 from loraops.errors import ConfigError, DataError
 from loraops.prompts import alpaca_prompt
@@ -100,10 +102,33 @@ def test_default_recipe_is_vllm_compatible() -> None:
 def test_corpus_is_deterministic_and_balanced() -> None:
     first, second = training_corpus(SMALL), training_corpus(SMALL)
     assert first == second
-    assert Counter(r["skill"] for r in first) == dict.fromkeys(SMALL.skills, 300)
+    assert Counter(r["skill"] for r in first) == {
+        **dict.fromkeys(SMALL.skills, 300),
+        WRITING_SKILL: SMALL.writing_examples,
+    }
     assert all(r["input"] == "" and r["output"] for r in first)
     other_seed = training_corpus(SMALL.model_copy(update={"seed": SMALL.seed + 1}))
     assert other_seed != first
+
+
+def test_writing_examples_are_everyday_text_and_valid_json() -> None:
+    writing = [r for r in training_corpus(SMALL) if r["skill"] == WRITING_SKILL]
+    as_json = [r for r in writing if "JSON" in r["instruction"]]
+    assert 0.5 < len(as_json) / len(writing) < 0.7
+    for record in as_json:
+        assert isinstance(json.loads(record["output"]), dict), record
+    facts = [r for r in as_json if "\nText: " in r["instruction"]]
+    for record in facts:  # the facts are read out of the text
+        text = record["instruction"].split("\nText: ", 1)[1]
+        assert all(value in text for value in json.loads(record["output"]).values()), record
+    sentences = [r["output"] for r in writing if r not in as_json]
+    assert sentences and all(s[0].isupper() and s[-1] in ".?" for s in sentences)
+    # generic text only: triaging a ticket must stay something the base model cannot do
+    tasks = {r["instruction"].split("\n", 1)[0] for r in writing}
+    assert not any("icket" in task or "riage" in task for task in tasks), tasks
+    without = training_corpus(SMALL.model_copy(update={"writing_examples": 0}))
+    assert not any(r["skill"] == WRITING_SKILL for r in without)
+    assert len(without) == len(SMALL.skills) * SMALL.examples_per_skill
 
 
 def test_suite_is_disjoint_from_training_and_distinct() -> None:
@@ -165,6 +190,22 @@ def test_tokenizer_is_byte_level_and_deterministic(fresh_tokenizer: Tokenizer) -
     assert fresh_tokenizer.decode(enc.ids, skip_special_tokens=True) == text
     # the alpaca preamble was in the tokenizer's training text, so it is cheap
     assert len(fresh_tokenizer.encode(alpaca_prompt("x")).ids) < 40
+
+
+def test_base_corpus_writes_every_token_of_the_demo_answers(fresh_tokenizer: Tokenizer) -> None:
+    # A token the base model never wrote keeps a tiny embedding row (tied embeddings): a LoRA adapter
+    # cannot then make it a confident output, and the demo fine-tune stalls at chance.
+    written = Counter(
+        token
+        for r in training_corpus(DEFAULT_RECIPE)
+        for token in fresh_tokenizer.encode(r["output"], add_special_tokens=False).tokens
+    )
+    needed = {
+        token
+        for r in generate_tickets(200)
+        for token in fresh_tokenizer.encode(r["output"], add_special_tokens=False).tokens
+    }
+    assert {t: written[t] for t in needed if written[t] < 3} == {}
 
 
 def _assert_fits(tok: Tokenizer, recipe: BaseModelRecipe) -> None:

@@ -45,7 +45,30 @@ def _base_model(ws: Workspace, params: Any) -> str:
 
     if params.base_model.source == "build":
         say(f"base model: recipe {params.base_model.recipe.name} (built once, then cached in {ws.models})")
-    return resolve_base_model(params.base_model.source, params.base_model.recipe, ws.models, on_line=None)
+    return resolve_base_model(
+        params.base_model.source, params.base_model.recipe, ws.models, on_line=_build_progress()
+    )
+
+
+def _build_progress(every: int = 10) -> Callable[[str], None]:
+    """Shows the build's own steps, and every ``every``-th logged pre-training loss (Axolotl logs
+    every 10 steps), instead of Axolotl's whole output (that goes to the build log)."""
+    from loraops.train.render import parse_metrics_line
+
+    logged = 0
+
+    def show(line: str) -> None:
+        nonlocal logged
+        if line.startswith("[basemodel]"):
+            say(line.removeprefix("[basemodel] "))
+            return
+        metrics = parse_metrics_line(line)
+        if metrics and "loss" in metrics:
+            logged += 1
+            if logged % every == 0:
+                say(f"  pre-training epoch {metrics.get('epoch', 0.0):.2f}  loss {metrics['loss']:.4f}")
+
+    return show
 
 
 def _ensure_demo_data(ws: Workspace, params: Any) -> None:

@@ -12,6 +12,7 @@ file makes a second concurrent build of the same recipe wait for the first and r
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import secrets
@@ -207,7 +208,9 @@ def _build(
     check_lengths(stats["max_tokens_by_skill"], recipe.sequence_len)
     timings["init_s"] = round(time.perf_counter() - t, 2)
 
-    say("pre-training with Axolotl")
+    batch = recipe.micro_batch_size * recipe.gradient_accumulation_steps
+    steps = math.ceil(math.ceil(len(corpus) / batch) * recipe.num_epochs)
+    say(f"pre-training with Axolotl: {recipe.num_epochs:g} epochs, ~{steps} steps (a few minutes on CPU)")
     t = time.perf_counter()
     template_config = yaml.safe_load(template.read_text(encoding="utf-8")) or {}
     config = render_pretrain_config(

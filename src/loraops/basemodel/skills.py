@@ -11,6 +11,9 @@ numbers it never saw. Skills that must find and copy words or letters from anywh
 (spell a word, copy a text, uppercase, JSON lookup) stayed at 0% in that budget; a skill with a small
 instruction space (parity) was memorized instead of learned.
 
+Besides the scored skills, the corpus carries unscored everyday writing (basemodel/writing.py): a real
+base model knows English and JSON before it is fine-tuned, and a fine-tune needs that.
+
 Held-out split: an instruction belongs to the evaluation side when a hash of (skill, instruction) falls
 in the lowest ``HELDOUT_PERCENT`` buckets. Training examples are drawn only from the other side, so the
 general suite is disjoint from the training corpus by construction, whatever the corpus size.
@@ -25,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from loraops.basemodel.writing import WRITING_SKILL, writing_example
 from loraops.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -75,6 +79,8 @@ _GENERAL_TEXT = """
     customer team app application website page login update version device system data file account
     delivery package box item product subscription plan free help urgent important fast slow broken
     wrong right first last next new old good bad best better worse great little big long high low
+    category priority medium status level type kind billing shipping technical general smart cloud
+    drive photo vault video wallet plus hub box mail item color size facts record text
 """
 
 
@@ -148,11 +154,15 @@ def _skill(name: str) -> Skill:
 
 
 def training_corpus(recipe: BaseModelRecipe) -> list[dict[str, str]]:
-    """``examples_per_skill`` alpaca records per skill (no-input form), shuffled, held-out side excluded.
+    """``examples_per_skill`` alpaca records per skill (no-input form) and ``writing_examples`` unscored
+    writing records (skill ``writing``), shuffled, held-out side excluded.
 
     Training instructions may repeat (some skills have small instruction spaces).
     """
     records: list[dict[str, str]] = []
+    writing_rng = _rng(recipe.seed, WRITING_SKILL, "train")
+    for _ in range(recipe.writing_examples):
+        records.append(_record(WRITING_SKILL, *writing_example(writing_rng)))
     for name in recipe.skills:
         skill = _skill(name)
         rng = _rng(recipe.seed, name, "train")

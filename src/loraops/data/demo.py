@@ -1,8 +1,9 @@
 """The demo task: support tickets turned into a fixed JSON triage record.
 
-A format/style task of the kind fine-tuning is for: the base model has never seen JSON, while the
-answer is fully determined by cues in the ticket (a category cue, an urgency cue, a product name), so a
-small adapter can learn it. Generation is seeded and deterministic.
+A format/style task of the kind fine-tuning is for: the base model writes English and JSON when asked,
+but knows neither this schema nor its labels, while the answer is fully determined by cues in the
+ticket (a category cue, an urgency cue, a product name), so a small adapter can learn it.
+Generation is seeded and deterministic.
 """
 
 from __future__ import annotations

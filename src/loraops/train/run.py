@@ -104,7 +104,12 @@ def train_adapter(
             on_line(line)
 
     started = time.monotonic()
-    run_axolotl_train(config_path, log_file=log_file, launcher=params.launcher, on_line=collect)
+    threads = None
+    if params.device == "cpu" and params.cpu_threads:
+        threads = {"OMP_NUM_THREADS": str(params.cpu_threads)}
+    run_axolotl_train(
+        config_path, log_file=log_file, launcher=params.launcher, on_line=collect, extra_env=threads
+    )
     duration = time.monotonic() - started
     adapter_dir = run_dir / "adapter"
     if params.adapter == "full":
