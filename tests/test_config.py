@@ -86,3 +86,11 @@ def test_adapter_rank_must_fit_the_server(tmp_path: Path):
     path = _write(tmp_path, "train:\n  lora_r: 32\nserving:\n  max_lora_rank: 16\n")
     with pytest.raises(ConfigError, match=r"exceeds serving\.max_lora_rank"):
         load_params(path)
+
+
+def test_replay_with_a_real_model_needs_its_own_examples(tmp_path: Path):
+    text = "base_model:\n  source: org/model\ntrain:\n  replay_fraction: 0.5\n"
+    with pytest.raises(ConfigError, match=r"needs train\.replay_file"):
+        load_params(_write(tmp_path, text))
+    ok = load_params(_write(tmp_path, text + "  replay_file: data/general.jsonl\n"))
+    assert ok.train.replay_file == "data/general.jsonl"

@@ -60,6 +60,15 @@ class Params(BaseModel):
                 f"train.lora_r {self.train.lora_r} exceeds serving.max_lora_rank "
                 f"{self.serving.max_lora_rank}: vLLM would refuse the adapter; raise serving.max_lora_rank"
             )
+        if (
+            self.base_model.source != "build"
+            and self.train.replay_fraction > 0
+            and not self.train.replay_file
+        ):
+            raise ValueError(
+                "train.replay_fraction > 0 with a base model other than 'build' needs train.replay_file "
+                "(alpaca JSONL of general examples for that model); or set train.replay_fraction: 0"
+            )
         return self
 
 

@@ -269,7 +269,8 @@ def _build(
     for path in model_dir.iterdir():
         path.chmod(0o644)  # safetensors writes 0600; the cache may be shared (LORAOPS_CACHE)
     model_dir.rename(target)
-    say(f"built {target} in {timings['total_s']:.0f} s; exact match {metrics['per_skill']}")
+    scores = ", ".join(f"{skill} {v['exact_match']:.0%}" for skill, v in metrics["per_skill"].items())
+    say(f"built {target} in {timings['total_s']:.0f} s; held-out exact match: {scores}")
 
 
 def load_report(model_dir: Path) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Bump when skills.py, the tokenizer recipe, the rendered Axolotl config or the init change in a way
 # that changes the built model for the same recipe: the fingerprint (and so the cache key) moves.
-CORPUS_VERSION = "3"
+CORPUS_VERSION = "4"
 
 # Attention head sizes that vLLM's CPU backend supports (a model with another size starts, then the
 # engine dies at the first request).
@@ -52,9 +52,9 @@ class BaseModelRecipe(BaseModel):
         min_length=1,
         description="General skills (names from loraops.basemodel.skills.SKILLS) taught to the model.",
     )
-    examples_per_skill: int = Field(1500, ge=1, description="Training examples generated per skill.")
+    examples_per_skill: int = Field(1200, ge=1, description="Training examples generated per skill.")
     writing_examples: int = Field(
-        4000,
+        5000,
         ge=0,
         description="Unscored everyday-English and JSON examples (basemodel/writing.py), so that the "
         "words and characters a fine-tune brings are not untrained tokens.",

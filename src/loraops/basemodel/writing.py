@@ -6,7 +6,8 @@ no such token is ever a training target: its (tied) embedding row is only pushed
 and an adapter on the attention/MLP layers cannot make it a confident, distinct output. Measured on
 the 1.1M-parameter default model (plain torch/peft, 800 demo tickets): LoRA stalled at a loss of ~4.3
 and 0% right while a full fine-tune reached 93%; with these writing examples in the pre-training the
-same LoRA gets every field right. They are generic sentences, JSON records and "facts of a sentence as
+same LoRA gets ~98% of the records entirely right in 3 epochs. Words a copied field needs (the two-word
+names) had to be written ~150 times each: at ~35 the product field stayed near chance for 3 epochs. They are generic sentences, JSON records and "facts of a sentence as
 JSON" built from word lists; no ticket triage, which stays the fine-tune's job.
 """
 
@@ -95,7 +96,14 @@ def _sentence(rng: random.Random) -> str:
 
 def _json_record(rng: random.Random) -> str:
     keys = rng.sample(_JSON_KEYS, rng.randint(2, 4))
-    values = [rng.choice(_JSON_VALUES) if rng.random() < 0.7 else _noun_phrase(rng) for _ in keys]
+    values = [
+        rng.choice(_JSON_VALUES)
+        if rng.random() < 0.6
+        else _noun_phrase(rng)
+        if rng.random() < 0.5
+        else _owned_name(rng)
+        for _ in keys
+    ]
     return json.dumps(dict(zip(keys, values, strict=True)))
 
 
@@ -106,6 +114,41 @@ def _noun_phrase(rng: random.Random) -> str:
     if roll < 0.8:
         return " ".join(rng.sample(_NOUNS, 2))
     return f"{rng.choice((*_ADJECTIVES, *_LABELS, *_NOUNS))} {rng.choice((*_NOUNS, *_LABELS))}"
+
+
+# Two-word names of things people own and ask about ("smart phone", "photo album"): the kind of name a
+# record copies out of a message. Small lists, so that each word is written often.
+_NAME_FIRST = (
+    "smart", "pay", "mail", "photo", "video", "cloud", "home", "game", "music", "travel", "work",
+    "kids", "sound", "gift", "news", "fit",
+)  # fmt: skip
+_NAME_SECOND = (
+    "hub", "wallet", "plus", "vault", "drive", "box", "card", "app", "phone", "watch", "pass", "book",
+    "album", "club", "pro", "lite",
+)  # fmt: skip
+
+
+def _owned_name(rng: random.Random) -> str:
+    return f"{rng.choice(_NAME_FIRST)} {rng.choice(_NAME_SECOND)}"
+
+
+def _owned_thing_facts(rng: random.Random) -> tuple[str, str]:
+    """A message about something the writer owns, and its facts: which thing, in what state."""
+    name, when = _owned_name(rng), rng.choice(_TIMES)
+    form = rng.randrange(3)
+    if form == 0:
+        state = rng.choice(_PRESENT_VERBS)
+        text = f"My {name} {state} {when}. {rng.choice(_CLOSERS)}"
+        facts = {"item": name, "status": state}
+    elif form == 1:
+        verb = rng.choice(_PAST_VERBS)
+        text = f"{rng.choice(_SUBJECTS)} {verb} a {name} {when}."
+        facts = {"item": name, "action": verb, "when": when}
+    else:
+        adjective = rng.choice(_ADJECTIVES)
+        text = f"{rng.choice(_REQUESTS)} my {name}? It is {adjective}."
+        facts = {"status": adjective, "item": name}
+    return f"Write the facts of this text as JSON.\nText: {text}", json.dumps(facts)
 
 
 def _facts(rng: random.Random) -> tuple[str, str]:
@@ -134,9 +177,11 @@ def writing_example(rng: random.Random) -> tuple[str, str]:
     """One ``(instruction, output)`` pair: a message of one to three sentences, a JSON record, or the
     facts of a sentence as JSON."""
     kind = rng.random()
-    if kind < 0.2:
+    if kind < 0.15:
         return rng.choice(_JSON_INSTRUCTIONS), _json_record(rng)
-    if kind < 0.6:
+    if kind < 0.45:
+        return _owned_thing_facts(rng)
+    if kind < 0.7:
         return _facts(rng)
     sentences = [_sentence(rng) for _ in range(rng.randint(1, 2))]
     if rng.random() < 0.5:
