@@ -7,8 +7,9 @@ and an adapter on the attention/MLP layers cannot make it a confident, distinct 
 the 1.1M-parameter default model (plain torch/peft, 800 demo tickets): LoRA stalled at a loss of ~4.3
 and 0% right while a full fine-tune reached 93%; with these writing examples in the pre-training the
 same LoRA gets ~98% of the records entirely right in 3 epochs. Words a copied field needs (the two-word
-names) had to be written ~150 times each: at ~35 the product field stayed near chance for 3 epochs. They are generic sentences, JSON records and "facts of a sentence as
-JSON" built from word lists; no ticket triage, which stays the fine-tune's job.
+names) had to be written ~150 times each: at ~35 the product field stayed near chance for 3 epochs.
+They are generic sentences, JSON records and "facts of a sentence as JSON" built from word lists; no
+ticket triage, which stays the fine-tune's job.
 """
 
 from __future__ import annotations
