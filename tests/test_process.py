@@ -35,6 +35,22 @@ def test_start_is_idempotent_and_stop_kills_the_group(tmp_path: Path):
     assert not manager.stop("web")
 
 
+def test_a_service_running_with_other_settings_is_restarted(tmp_path: Path):
+    # e.g. vLLM still serving the previous base model after params.yaml changed
+    manager = ServiceManager(tmp_path)
+    port = free_port()
+    first = manager.start(_http_server_spec(port))
+    try:
+        changed = _http_server_spec(port)
+        changed.command = [*changed.command, "--directory", str(tmp_path)]
+        second = manager.start(changed)
+        assert second.pid != first.pid and not first.alive()
+        assert manager.start(changed).pid == second.pid
+    finally:
+        manager.stop("web")
+    assert port_is_free(port)
+
+
 def test_busy_port_gives_a_clear_error_naming_the_key(tmp_path: Path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -8,7 +8,9 @@ its pid in ``<state>/pids/<name>.json`` so that ``loraops down`` finds it from a
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -21,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loraops.errors import StackError
+
+logger = logging.getLogger(__name__)
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -58,6 +62,18 @@ class ServiceSpec:
     start_timeout_s: float = 180.0
     config_key: str = ""  # the params.yaml key that sets the port, named in errors
 
+    def fingerprint(self) -> str:
+        """What the running process was started with: a changed command line (another base model, other
+        serving flags) or environment means the running service is stale."""
+        payload = json.dumps(
+            {
+                "command": [str(c) for c in self.command],
+                "env": dict(sorted(self.env.items())),
+                "cwd": str(self.cwd),
+            }
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
 
 @dataclass
 class RunningService:
@@ -66,6 +82,7 @@ class RunningService:
     port: int
     health_url: str
     log_file: str
+    fingerprint: str = ""  # ServiceSpec.fingerprint() of what it was started with
 
     def alive(self) -> bool:
         try:
@@ -114,7 +131,11 @@ class ServiceManager:
     def _launch(self, spec: ServiceSpec) -> tuple[RunningService, subprocess.Popen[bytes] | None]:
         existing = self.get(spec.name)
         if existing is not None and existing.port == spec.port and http_ok(existing.health_url):
-            return existing, None
+            if existing.fingerprint == spec.fingerprint():
+                return existing, None
+            logger.warning(
+                "restarting %s: it runs with other settings than these (model, flags or env)", spec.name
+            )
         if existing is not None:
             self.stop(spec.name)
         if not port_is_free(spec.port):
@@ -134,7 +155,9 @@ class ServiceManager:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        svc = RunningService(spec.name, proc.pid, spec.port, spec.health_url, str(log_file))
+        svc = RunningService(
+            spec.name, proc.pid, spec.port, spec.health_url, str(log_file), spec.fingerprint()
+        )
         self._pid_file(spec.name).write_text(json.dumps(svc.__dict__))
         return svc, proc
 
