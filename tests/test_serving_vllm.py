@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from loraops.envs import PythonEnv
 from loraops.errors import StageError
 from loraops.prompts import alpaca_prompt
-from loraops.serving.adapters import base_weight_names, check_adapter_dir, safetensors_keys
+from loraops.serving.adapters import base_weight_names, check_adapter_dir, model_key, safetensors_keys
 from loraops.serving.params import ServingParams
 from loraops.serving.vllm import (
     SERVER_MODULE,
@@ -419,3 +419,28 @@ def test_unload(server: VllmClient, tiny_model, references):
     with pytest.raises(StageError, match="no adapter named 'short-lived'"):
         server.unload_adapter("short-lived")
     assert complete(server, BASE) == references["base"]
+
+
+def test_adapter_trained_on_another_base_model_is_refused(tmp_path: Path):
+    served = "/cache/models/loraops-tiny-6528fe6460bf"
+    same = make_adapter(tmp_path / "same", base_model_name_or_path="/elsewhere/loraops-tiny-6528fe6460bf/")
+    assert check_adapter_dir(same, base_model=served).rank == 8  # the same model, stored elsewhere
+    other = make_adapter(
+        tmp_path / "other", base_model_name_or_path="/cache/models/loraops-tiny-c191385fcc9c"
+    )
+    with pytest.raises(
+        StageError, match=r"was trained on .*c191385fcc9c, but the server runs .*6528fe6460bf"
+    ):
+        check_adapter_dir(other, base_model=served)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        ("meta-llama/Llama-3.2-1B", "/hf/models--meta-llama--Llama-3.2-1B/snapshots/4e20de3/", True),
+        ("meta-llama/Llama-3.2-1B", "meta-llama/llama-3.2-1b", True),
+        ("meta-llama/Llama-3.2-1B", "meta-llama/Llama-3.2-3B", False),
+    ],
+)
+def test_model_key_ignores_where_a_model_lives(a: str, b: str, same: bool):
+    assert (model_key(a) == model_key(b)) is same

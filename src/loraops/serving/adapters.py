@@ -103,16 +103,28 @@ def _matches(target: str, module: str) -> bool:
     return module == target or module.endswith("." + target)
 
 
+def model_key(model: str) -> str:
+    """A model's name without where it lives: the last path component, or for a Hugging Face cache
+    snapshot (``.../models--org--name/snapshots/<sha>``) the model's name; case-insensitive."""
+    parts = [p for p in model.rstrip("/").split("/") if p]
+    if "snapshots" in parts and parts.index("snapshots") > 0:
+        parts = [parts[parts.index("snapshots") - 1].split("--")[-1]]
+    return parts[-1].lower() if parts else ""
+
+
 def check_adapter_dir(
     path: Path | str,
     *,
     max_lora_rank: int | None = None,
     base_weights: set[str] | None = None,
+    base_model: str | None = None,
 ) -> AdapterInfo:
     """Refuse an adapter directory that vLLM would refuse, or would accept and then not apply.
 
     ``base_weights`` (from :func:`base_weight_names`) also checks that every LoRA module exists in the
-    base model under the same name.
+    base model under the same name. ``base_model`` (the served base's id or path) refuses an adapter
+    whose ``base_model_name_or_path`` names another model: same shapes, so vLLM would load it and serve
+    nonsense.
     """
     where = Path(path).expanduser().resolve()
     if not where.is_dir():
@@ -137,6 +149,17 @@ def check_adapter_dir(
     if peft_type != "LORA":
         raise StageError(f"{config_file}: peft_type is {peft_type!r}; the server only serves LORA adapters")
 
+    trained_on = config.get("base_model_name_or_path")
+    if (
+        base_model
+        and isinstance(trained_on, str)
+        and trained_on
+        and model_key(trained_on) != model_key(base_model)
+    ):
+        raise StageError(
+            f"{where} was trained on {trained_on}, but the server runs {base_model}",
+            hint="train it on the served base model (or serve the base model it was trained on)",
+        )
     rank = _rank(config, config_file)
     if max_lora_rank is not None and rank > max_lora_rank:
         raise StageError(

@@ -227,6 +227,7 @@ class VllmClient:
             where,
             max_lora_rank=self.max_lora_rank,
             base_weights=self._base_weights_of(bases[0].root) if bases else None,
+            base_model=bases[0].root if bases else None,
         )
         current = next((m.root for m in served if m.id == name and m.parent is not None), None)
         started = time.monotonic()
