@@ -82,7 +82,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Demo, str]]
 
 def test_demo_prints_gate_answer_and_urls(demo: tuple[Demo, str]) -> None:
     d, output = demo
-    assert "== gate: PASS" in output
+    assert "== gate: gate PASS" in output
     stable_answer = next(line for line in output.splitlines() if "(stable name) ->" in line)
     assert first_json_object(stable_answer.split("->", 1)[1]) is not None, stable_answer
     assert "(base model) ->" in output
