@@ -29,7 +29,7 @@ from loraops.basemodel.skills import general_suite, training_corpus
 from loraops.envs import PythonEnv, repo_root, require, run_streaming, trainer_env
 from loraops.errors import ConfigError, DataError
 from loraops.locks import file_lock
-from loraops.train.axolotl_runner import run_axolotl_train
+from loraops.train.axolotl_runner import cpu_thread_env, run_axolotl_train
 
 REPORT_FILE = "build_report.json"
 TEMPLATE_NAME = "base_pretrain_tiny.yaml"
@@ -47,7 +47,7 @@ TOKENIZER_FILES = (
 
 # One thread: a model this small gains little from a second core, a second thread makes float sums
 # order-dependent, and on a busy 2-core machine 2 OpenMP threads ran 10x slower than 1 (spin-waits).
-THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+THREAD_ENV = cpu_thread_env(1)
 
 _LOSS = re.compile(r"""['"]loss['"]\s*:\s*['"]?([0-9.]+(?:e-?\d+)?)""")
 _TRAIN_LOSS = re.compile(r"""['"]train_loss['"]\s*:\s*['"]?([0-9.]+(?:e-?\d+)?)""")
@@ -226,7 +226,7 @@ def _build(
         if on_line is not None:
             on_line(line)
 
-    run_axolotl_train(config_file, log_file=log_file, env=trainer, on_line=collect, extra_env=THREAD_ENV)
+    run_axolotl_train(config_file, log_file=log_file, env=trainer, on_line=collect, cpu_threads=1)
     losses, train_loss = parse_losses(lines)
     timings["train_s"] = round(time.perf_counter() - t, 2)
 

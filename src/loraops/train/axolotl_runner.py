@@ -16,6 +16,11 @@ log = logging.getLogger(__name__)
 DEFAULT_LAUNCHER = "python"
 
 
+def cpu_thread_env(threads: int | None) -> dict[str, str]:
+    """OpenMP/MKL thread count for a CPU run; empty (library default) when ``threads`` is None."""
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}
+
+
 def run_axolotl_train(
     config_path: Path,
     *,
@@ -24,10 +29,11 @@ def run_axolotl_train(
     env: PythonEnv | None = None,
     on_line: Callable[[str], None] | None = None,
     extra_env: dict[str, str] | None = None,
+    cpu_threads: int | None = None,
 ) -> None:
     """``axolotl train CONFIG`` with offline settings; raises StageError with the log path on failure."""
     trainer = require(env or trainer_env())
-    environ = trainer.environ(extra_env)
+    environ = trainer.environ({**(extra_env or {}), **cpu_thread_env(cpu_threads)})
     environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     run_streaming(
         [trainer.bin / "axolotl", "train", config_path, "--launcher", launcher],

@@ -104,11 +104,12 @@ def train_adapter(
             on_line(line)
 
     started = time.monotonic()
-    threads = None
-    if params.device == "cpu" and params.cpu_threads:
-        threads = {"OMP_NUM_THREADS": str(params.cpu_threads)}
     run_axolotl_train(
-        config_path, log_file=log_file, launcher=params.launcher, on_line=collect, extra_env=threads
+        config_path,
+        log_file=log_file,
+        launcher=params.launcher,
+        on_line=collect,
+        cpu_threads=params.cpu_threads if params.device == "cpu" else None,
     )
     duration = time.monotonic() - started
     adapter_dir = run_dir / "adapter"
