@@ -28,15 +28,17 @@ from loraops.config import Params, load_params
 from loraops.data.prepare import PrepareResult, prepare
 from loraops.data.versioning import DataVersion, version_data
 from loraops.envs import repo_root
+from loraops.errors import ConfigError
 from loraops.evaluate.runner import CompletionClient
 from loraops.evaluate.suite import EvalReport, evaluate_candidate, read_jsonl
 from loraops.gate.decision import GateDecision, decide
 from loraops.gate.promote import promote_and_wait
-from loraops.registry.tracking import ModelVersionInfo, Registry
+from loraops.registry.tracking import MetricStream, ModelVersionInfo, Registry, RunHandle
 from loraops.serving.vllm import VllmClient
 from loraops.stack.local import stack_urls
 from loraops.train.render import parse_metrics_line
-from loraops.train.run import TrainResult, replay_sample, train_adapter
+from loraops.train.run import TrainResult, launcher_for, replay_sample, train_adapter
+from loraops.train.settings import effective_sequence_len, effective_settings
 from loraops.vcs import git_commit
 from loraops.workspace import Workspace
 
@@ -44,7 +46,8 @@ from loraops.workspace import Workspace
 @task(name="prepare-data", cache_policy=NO_CACHE)
 def prepare_task(ws: Workspace, params: Params, base_model: str) -> PrepareResult:
     tokenizer_dir = Path(base_model) if Path(base_model).is_dir() else None
-    result = prepare(ws, params.data, tokenizer_dir=tokenizer_dir, sequence_len=params.train.sequence_len)
+    sequence_len = effective_sequence_len(ws.root, params.train)
+    result = prepare(ws, params.data, tokenizer_dir=tokenizer_dir, sequence_len=sequence_len)
     get_run_logger().info("prepared data: %s", result.summary())
     return result
 
@@ -58,23 +61,36 @@ def version_task(ws: Workspace, params: Params) -> DataVersion:
 
 @task(name="train-adapter", cache_policy=NO_CACHE)
 def train_task(
-    ws: Workspace, params: Params, base_model: str, prepared: PrepareResult, run_dir: Path
+    ws: Workspace,
+    params: Params,
+    base_model: str,
+    prepared: PrepareResult,
+    run_dir: Path,
+    run: RunHandle,
 ) -> TrainResult:
     logger = get_run_logger()
+    metrics = MetricStream(run)
 
-    steps = 0
+    remote = params.train.launcher != "local"
 
     def show(line: str) -> None:
-        nonlocal steps
-        metrics = parse_metrics_line(line)
-        if metrics and "loss" in metrics:
-            steps += 1
-            if steps % 10 == 1:
+        if line.startswith("[loraops]"):
+            logger.info(line.removeprefix("[loraops] "))
+            return
+        parsed = parse_metrics_line(line)
+        if remote and parsed is None and line.strip() and "it/s]" not in line and "%|" not in line:
+            logger.info("[job] %s", line)  # the job's CloudWatch log, without progress bars
+            return
+        if parsed and "loss" in parsed:
+            if metrics.step % 10 == 1:
                 logger.info(
-                    "train step %d epoch %.2f loss %.4f", steps, metrics.get("epoch", 0.0), metrics["loss"]
+                    "train step %d epoch %.2f loss %.4f",
+                    metrics.step,
+                    parsed.get("epoch", 0.0),
+                    parsed["loss"],
                 )
-        elif metrics and "eval_loss" in metrics:
-            logger.info("val   epoch %.2f loss %.4f", metrics.get("epoch", 0.0), metrics["eval_loss"])
+        elif parsed and "eval_loss" in parsed:
+            logger.info("val   epoch %.2f loss %.4f", parsed.get("epoch", 0.0), parsed["eval_loss"])
 
     replay: list[dict[str, Any]] = []
     if params.train.replay_fraction > 0:
@@ -86,20 +102,31 @@ def train_task(
             pool, params.train.replay_fraction, prepared.counts.get("train", 0), params.train.seed
         )
         logger.info("replaying %d general examples against forgetting", len(replay))
-    result = train_adapter(
-        ws.root,
-        params.train,
-        base_model=base_model,
-        train_file=prepared.files["train"],
-        val_file=prepared.files["val"],
-        run_dir=run_dir,
-        replay_records=replay,
-        on_line=show,
+    launcher = launcher_for(
+        ws.root, params.train, data_remote=params.data.remote, model_name=params.registry.model_name
     )
+    logger.info("training with the %s launcher (%s data)", launcher.name, prepared.format)
+    try:
+        result = train_adapter(
+            ws.root,
+            params.train,
+            base_model=base_model,
+            train_file=prepared.files["train"],
+            val_file=prepared.files["val"],
+            run_dir=run_dir,
+            replay_records=replay,
+            on_line=show,
+            on_metrics=metrics.add,
+            data_format=prepared.format,
+            launcher=launcher,
+        )
+    finally:
+        metrics.flush()
     warning = result.overfitting_warning()
     if warning:
         logger.warning(warning)
-    logger.info("trained in %.0f s; adapter at %s", result.duration_s, result.adapter_dir)
+    cost = f"; cost {result.cost.summary()}" if result.cost else ""
+    logger.info("trained in %.0f s%s; adapter at %s", result.duration_s, cost, result.adapter_dir)
     return result
 
 
@@ -143,18 +170,25 @@ def evaluate_task(
 
 
 @flow(name="retrain", log_prints=True)
-def retrain(workspace: str | None = None, skip_if_unchanged: bool = False) -> dict[str, Any]:
+def retrain(
+    workspace: str | None = None,
+    skip_if_unchanged: bool = False,
+    launcher: str | None = None,
+    evaluate: bool = True,
+) -> dict[str, Any]:
     """Prepare, version, train, register, evaluate, gate and (on pass) promote one adapter.
 
     With ``skip_if_unchanged`` (scheduled runs), stop after versioning when a registered version was
-    already trained on exactly this data version.
+    already trained on exactly this data version. ``launcher`` overrides train.launcher for this run;
+    with ``evaluate=False`` the run ends once the adapter is registered (`loraops train`).
     """
     logger = get_run_logger()
     ws = Workspace.from_env(workspace)
     ws.ensure()
-    params = load_params(ws.params_file)
+    params = with_launcher(load_params(ws.params_file), launcher)
     urls = stack_urls(params)
     base_model = resolve_base_model(params.base_model.source, params.base_model.recipe, ws.models)
+    settings = effective_settings(ws.root, params.train)
 
     prepared = prepare_task(ws, params, base_model)
     data_version = version_task(ws, params)
@@ -178,18 +212,42 @@ def retrain(workspace: str | None = None, skip_if_unchanged: bool = False) -> di
         "base_model_name": params.base_model.name(),
     }
     with registry.run(run_name=f"retrain-{run_dir.name}", tags=lineage) as run:
-        run.log_params(params.train.model_dump(mode="json", exclude={"overrides"}))
+        run.log_params(params.train.model_dump(mode="json", exclude={"overrides", "sagemaker"}))
         run.log_params({"data.train_examples": prepared.counts.get("train", 0)})
-        trained = train_task(ws, params, base_model, prepared, run_dir)
-        for step, metrics in enumerate(trained.history):
-            run.log_metrics({f"train.{k}": v for k, v in metrics.items() if k != "epoch"}, step=step)
+        run.log_params({f"effective.{k}": v for k, v in settings.described().items()})
+        trained = train_task(ws, params, base_model, prepared, run_dir, run)
         run.log_metrics(trained.final_metrics)
+        run.set_tags(trained.run_tags())
         run.log_artifacts(trained.adapter_dir, "adapter")
         run.log_artifact(trained.config_path, "axolotl")
         for report_file in prepared.report_paths():
             run.log_artifact(report_file, "data-report")
-        version = registry.register_adapter(run.run_id, "adapter", tags=lineage)
+        if trained.log_file.is_file():
+            run.log_artifact(trained.log_file, "train-log")
+        job_file = run_dir / "training-job.json"
+        if job_file.is_file():
+            run.log_artifact(job_file, "train-log")
+        version = registry.register_adapter(run.run_id, "adapter", tags={**lineage, **trained.run_tags()})
         logger.info("registered %s version %s", version.name, version.version)
+        trained_summary = {
+            "launcher": trained.launcher,
+            "cost": trained.cost.summary() if trained.cost else None,
+            "cost_usd": trained.cost.usd if trained.cost else None,
+            "resumed_from_step": trained.resumed_from_step,
+            "duration_s": trained.duration_s,
+            **{k: v for k, v in trained.details.items() if isinstance(v, str | int | float | bool)},
+        }
+        if not evaluate:
+            return {
+                "model_name": version.name,
+                "version": version.version,
+                "run_id": run.run_id,
+                "run_url": registry.run_url(run.run_id),
+                "version_url": registry.version_url(version.version),
+                "data_version": data_version.tag(),
+                "lineage": lineage,
+                "trained": trained_summary,
+            }
 
         report = evaluate_task(ws, params, registry, version, prepared)
         decision: GateDecision = decide(
@@ -224,4 +282,20 @@ def retrain(workspace: str | None = None, skip_if_unchanged: bool = False) -> di
         "promoted": decision.passed,
         "served_path": served,
         "scores": report.metrics(),
+        "trained": trained_summary,
     }
+
+
+def with_launcher(params: Params, launcher: str | None) -> Params:
+    """params with train.launcher replaced for one run (`loraops train --launcher ...`)."""
+    if launcher is None or launcher == params.train.launcher:
+        return params
+    if launcher not in ("local", "sagemaker"):
+        raise ConfigError(f"unknown launcher {launcher!r}", hint="use local or sagemaker")
+    if launcher == "sagemaker" and params.train.sagemaker is None:
+        raise ConfigError(
+            "--launcher sagemaker needs a train.sagemaker section in params.yaml",
+            hint="add role_arn, image_uri and s3_prefix (see README: training on SageMaker)",
+        )
+    train = params.train.model_copy(update={"launcher": launcher})
+    return params.model_copy(update={"train": train})

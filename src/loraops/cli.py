@@ -80,7 +80,7 @@ def _ensure_demo_data(ws: Workspace, params: Any) -> None:
     if raw.exists():
         return
     if params.data.raw == DataParams().raw:
-        write_demo_dataset(raw)
+        write_demo_dataset(raw, data_format="chat" if params.data.format == "chat" else "alpaca")
         say(f"generated the demo dataset {raw.relative_to(ws.root)}")
         return
     raise DataError(f"{raw}: data file not found", hint="fix data.raw in params.yaml or create the file")
@@ -116,13 +116,13 @@ def _quiet_known_errors() -> None:
             handler.addFilter(quiet)
 
 
-def _run_flow(ws: Workspace, *, skip_if_unchanged: bool = False) -> dict[str, Any]:
+def _run_flow(ws: Workspace, **flow_args: Any) -> dict[str, Any]:
     from loraops.flows import load_flow
 
     _quiet_known_errors()
 
     retrain = load_flow("retrain")
-    result: dict[str, Any] = retrain(workspace=str(ws.root), skip_if_unchanged=skip_if_unchanged)
+    result: dict[str, Any] = retrain(workspace=str(ws.root), **flow_args)
     return result
 
 
@@ -167,21 +167,32 @@ def _print_urls(urls: Any) -> None:
     print(f"  endpoint  : {urls.endpoint}  (OpenAI-compatible)")
 
 
-def _ask(endpoint: str, model: str, content: str) -> str:
+def _ask(endpoint: str, model: str, messages: list[dict[str, str]]) -> str:
     from openai import OpenAI
 
     client = OpenAI(base_url=endpoint, api_key="loraops")
     resp = client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": content}], max_tokens=48, temperature=0.0
+        model=model,
+        messages=messages,  # type: ignore[arg-type]
+        max_tokens=48,
+        temperature=0.0,
     )
     return (resp.choices[0].message.content or "").strip()
 
 
-def _example_prompt(ws: Workspace, params: Any) -> str:
+def _example_request(ws: Workspace, params: Any) -> tuple[str, list[dict[str, str]]]:
+    """The first test example as a chat request (its conversation so far, or its instruction as the
+    user turn), and the question to show."""
+    from loraops.evaluate.suite import question_of
+
     test_file = ws.root / params.data.prepared_dir / "test.jsonl"
     with test_file.open(encoding="utf-8") as fh:
         record = json.loads(fh.readline())
-    return str(record["instruction"])
+    if "messages" in record:
+        messages = [{"role": m["role"], "content": m["content"]} for m in record["messages"][:-1]]
+    else:
+        messages = [{"role": "user", "content": record["instruction"]}]
+    return question_of(record), messages
 
 
 def cmd_retrain(args: argparse.Namespace, *, show_answer: bool = True) -> int:
@@ -211,18 +222,56 @@ def cmd_retrain(args: argparse.Namespace, *, show_answer: bool = True) -> int:
     print(f"   run    : {result['run_url']}")
     print(f"   version: {result['version_url']}")
     if show_answer:
-        prompt = _example_prompt(ws, params)
+        prompt, messages = _example_request(ws, params)
         stable, base = params.registry.model_name, params.base_model.name()
         print("== asking the endpoint with the openai client")
         print(f"   prompt: {prompt!r}")
         if result["promoted"] or _has_champion(urls, params):
-            print(f"   {stable!r} (stable name) -> {_ask(urls.endpoint, stable, prompt)}")
+            print(f"   {stable!r} (stable name) -> {_ask(urls.endpoint, stable, messages)}")
         else:
             print(f"   {stable!r}: no champion yet, nothing is served under the stable name")
-        print(f"   {base!r} (base model) -> {_ask(urls.endpoint, base, prompt)}")
+        print(f"   {base!r} (base model) -> {_ask(urls.endpoint, base, messages)}")
     print("== services (still running; `make down` stops them)")
     _print_urls(urls)
     return 0 if result["promoted"] else 3
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """prepare -> version -> train (local or SageMaker) -> register: no evaluation, no promotion."""
+    from loraops.stack import local
+
+    ws = _workspace(args)
+    params = _params(ws)
+    _check_envs()
+    _ensure_demo_data(ws, params)
+    launcher = args.launcher or params.train.launcher
+    say("starting MLflow and Prefect if they are not running (training registers the adapter)")
+    urls = local.up_control_plane(ws, params)
+    _use_prefect(urls)
+    say(f"running the retrain flow up to registration, training with the {launcher} launcher")
+    result = _run_flow(ws, launcher=args.launcher, evaluate=False)
+    trained = result["trained"]
+    lineage = result["lineage"]
+    job = f", job {trained['job_name']}" if "job_name" in trained else ""
+    resumed = trained.get("resumed_from_step")
+    rows = [
+        ("launcher", f"{trained['launcher']}{job}"),
+        ("cost", trained["cost"] or "unknown (no price for this instance type)"),
+        ("resumed", f"from step {resumed}" if resumed is not None else "no (trained from the start)"),
+        ("data", lineage["data_version"]),
+        ("base model", lineage["base_model"]),
+        ("code", lineage["code_commit"]),
+    ]
+    if trained["launcher"] != "local":
+        instances = f"{trained.get('instance_count', 1)} x {trained.get('instance_type')}"
+        rows.insert(1, ("instances", f"{instances}, spot {trained.get('spot')}"))
+    print()
+    print(f"== registered {result['model_name']} version {result['version']}")
+    for label, value in rows:
+        print(f"   {label:<10s}: {value}")
+    print(f"   {'run':<10s}: {result['run_url']}")
+    print(f"   {'version':<10s}: {result['version_url']}")
+    return 0
 
 
 def _has_champion(urls: Any, params: Any) -> bool:
@@ -302,6 +351,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip-if-unchanged", action="store_true", help="do nothing when this data was already trained on"
     )
     retrain.set_defaults(func=cmd_retrain)
+    train = sub.add_parser(
+        "train", help="prepare, version, train and register an adapter (no evaluation, no promotion)"
+    )
+    train.add_argument(
+        "--launcher",
+        choices=["local", "sagemaker"],
+        help="where to train (default: train.launcher in params.yaml)",
+    )
+    train.set_defaults(func=cmd_train)
     schedule = sub.add_parser("schedule", help="run the retrain flow on a cron schedule (Prefect deployment)")
     schedule.add_argument("--cron", default="0 3 * * *", help="cron expression (default: 03:00 daily)")
     schedule.set_defaults(func=cmd_schedule)

@@ -8,12 +8,16 @@ streamed line by line, so long work shows its progress.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from loraops.errors import StageError
 
@@ -26,6 +30,9 @@ OFFLINE_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "PYTHONUNBUFFERED": "1",
 }
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def repo_root() -> Path:
@@ -93,6 +100,38 @@ def require(env: PythonEnv) -> PythonEnv:
     return env
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the parent dies, even by SIGKILL (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def stop_process_group(proc: subprocess.Popen[Any], grace_s: float = 10.0) -> None:
+    """SIGTERM the child's whole process group, then SIGKILL what is left after ``grace_s``."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=wait_s)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the group (e.g. accelerate's workers)
+
+
+def describe_exit(code: int) -> str:
+    """``exit code 1`` or ``killed by signal 9 (SIGKILL)``."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "unknown signal"
+        return f"killed by signal {-code} ({name})"
+    return f"exit code {code}"
+
+
 def run_streaming(
     cmd: Sequence[str | os.PathLike[str]],
     *,
@@ -104,7 +143,10 @@ def run_streaming(
 ) -> None:
     """Run ``cmd``, passing each output line to ``on_line`` and appending it to ``log_file``.
 
-    Raises StageError naming the log file and the last lines of output when the command fails.
+    The command runs in its own process group and dies with this process: when the caller is
+    interrupted (Ctrl-C, a cancelled flow run's SIGTERM, an exception in ``on_line``) the whole group
+    is stopped before the exception goes on, and a SIGKILL of this process reaches the child through
+    PR_SET_PDEATHSIG. Raises StageError naming the log file and the last lines when the command fails.
     """
     tail: list[str] = []
     log = None
@@ -118,24 +160,31 @@ def run_streaming(
             env=dict(env),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             text=True,
             errors="replace",
             bufsize=1,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = raw.rstrip("\n")
-            if log is not None:
-                log.write(raw)
-            tail.append(line)
-            del tail[:-20]
-            if on_line is not None:
-                on_line(line)
-        code = proc.wait()
+        try:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                line = raw.rstrip("\n")
+                if log is not None:
+                    log.write(raw)
+                tail.append(line)
+                del tail[:-20]
+                if on_line is not None:
+                    on_line(line)
+            code = proc.wait()
+        except BaseException:
+            stop_process_group(proc)
+            raise
     finally:
         if log is not None:
             log.close()
     if code != 0:
         last = " | ".join(t.strip() for t in tail[-3:] if t.strip())
         where = f"; full log: {log_file}" if log_file else ""
-        raise StageError(f"{what} failed with exit code {code}: {last}{where}")
+        raise StageError(f"{what} failed with {describe_exit(code)}: {last}{where}")

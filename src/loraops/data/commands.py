@@ -28,8 +28,8 @@ Resolver = Callable[[Workspace, bool], DataContext]
 
 
 def default_context(workspace: Workspace, need_tokenizer: bool) -> DataContext:
-    """params.yaml's data section, train.sequence_len, and the base model's directory (the built
-    model is built first if it is not in the cache yet)."""
+    """params.yaml's data section, the run's sequence_len (params.yaml, else the preset), and the base
+    model's directory (the built model is built first if it is not in the cache yet)."""
     from loraops.config import load_params
 
     params = load_params(workspace.params_file)
@@ -39,7 +39,9 @@ def default_context(workspace: Workspace, need_tokenizer: bool) -> DataContext:
 
         source = resolve_base_model(params.base_model.source, params.base_model.recipe, workspace.models)
         tokenizer = Path(source)
-    return DataContext(params.data, tokenizer, params.train.sequence_len)
+    from loraops.train.settings import effective_sequence_len
+
+    return DataContext(params.data, tokenizer, effective_sequence_len(workspace.root, params.train))
 
 
 def _workspace(args: argparse.Namespace) -> Workspace:

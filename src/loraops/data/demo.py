@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Literal
 
 INSTRUCTION = "Triage this support ticket as JSON with category, priority and product."
 
@@ -81,7 +82,19 @@ def generate_tickets(n: int, seed: int = 7) -> list[dict[str, str]]:
     return [make_ticket(rng) for _ in range(n)]
 
 
-def write_demo_dataset(path: Path, n: int = 800, seed: int = 7) -> Path:
+def as_chat(record: dict[str, str]) -> dict[str, list[dict[str, str]]]:
+    """The same ticket as a chat: the user asks, the assistant answers with the record."""
+    return {
+        "messages": [
+            {"role": "user", "content": record["instruction"]},
+            {"role": "assistant", "content": record["output"]},
+        ]
+    }
+
+
+def write_demo_dataset(
+    path: Path, n: int = 800, seed: int = 7, data_format: Literal["alpaca", "chat"] = "alpaca"
+) -> Path:
     """Write the demo raw dataset as JSONL (atomic), unless it already exists."""
     if path.exists():
         return path
@@ -89,6 +102,6 @@ def write_demo_dataset(path: Path, n: int = 800, seed: int = 7) -> Path:
     tmp = path.with_suffix(path.suffix + ".tmp")
     with tmp.open("w", encoding="utf-8") as fh:
         for record in generate_tickets(n, seed):
-            fh.write(json.dumps(record) + "\n")
+            fh.write(json.dumps(as_chat(record) if data_format == "chat" else record) + "\n")
     tmp.replace(path)
     return path

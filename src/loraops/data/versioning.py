@@ -27,6 +27,7 @@ import yaml
 from loraops.data.params import DataParams
 from loraops.data.prepare import is_current, publish_dir, recover_dir
 from loraops.errors import DataError
+from loraops.train.params import TrainParams
 from loraops.vcs import git_commit
 from loraops.workspace import Workspace
 
@@ -161,11 +162,18 @@ def prepare_stage(workspace: Workspace, params: DataParams) -> dict[str, Any]:
     keys = []
     if "data" in present:
         keys.append("data")
-    if isinstance(present.get("train"), dict) and "sequence_len" in present["train"]:
+    loaded_train = present.get("train")
+    train: dict[str, Any] = loaded_train if isinstance(loaded_train, dict) else {}
+    deps = [params.raw]
+    if "sequence_len" in train:
         keys.append("train.sequence_len")
+    else:  # the preset's sequence_len is the one the lengths are checked against
+        preset = str(train.get("axolotl_config") or TrainParams().axolotl_config)
+        if (workspace.root / preset).is_file():
+            deps.append(preset)
     if "base_model" in present:
         keys.append("base_model")
-    stage: dict[str, Any] = {"cmd": "loraops data prepare", "deps": [params.raw]}
+    stage: dict[str, Any] = {"cmd": "loraops data prepare", "deps": deps}
     if keys:
         stage["params"] = keys
     stage["outs"] = [params.prepared_dir]

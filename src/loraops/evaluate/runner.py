@@ -23,21 +23,30 @@ class CompletionClient:
         )
         self.concurrency = concurrency
 
-    def complete(self, model: str, prompt: str, max_tokens: int) -> str:
+    def complete(self, model: str, prompt: str | list[dict[str, str]], max_tokens: int) -> str:
+        """Greedy answer to a prompt (completions endpoint) or a conversation (chat endpoint)."""
         try:
-            resp = self.client.completions.create(
-                model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.0
+            if isinstance(prompt, str):
+                resp = self.client.completions.create(
+                    model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.0
+                )
+                return resp.choices[0].text
+            chat = self.client.chat.completions.create(
+                model=model,
+                messages=prompt,  # type: ignore[arg-type]
+                max_tokens=max_tokens,
+                temperature=0.0,
             )
         except APIError as exc:
             raise StageError(
                 f"the server at {self.base_url} refused a request for {model!r}: {exc}"
             ) from None
-        return resp.choices[0].text
+        return chat.choices[0].message.content or ""
 
     def complete_many(
         self,
         model: str,
-        prompts: Sequence[str],
+        prompts: Sequence[str | list[dict[str, str]]],
         max_tokens: int,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> list[str]:

@@ -12,12 +12,17 @@ from loraops.evaluate.metrics import SkillScores, TaskScore, score_exact, score_
 from loraops.evaluate.params import EvalParams
 from loraops.prompts import alpaca_prompt
 
+# A request: a prompt for the completions endpoint (alpaca data, rendered exactly as in training), or
+# the conversation so far for the chat endpoint (chat data: the server applies the tokenizer's template,
+# the one Axolotl trained with).
+Request = str | list[dict[str, str]]
+
 
 class Completer(Protocol):
     def complete_many(
         self,
         model: str,
-        prompts: Sequence[str],
+        prompts: Sequence[Request],
         max_tokens: int,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> list[str]: ...
@@ -51,8 +56,29 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def _prompts(records: Sequence[dict[str, Any]]) -> list[str]:
-    return [alpaca_prompt(r["instruction"], r.get("input") or "") for r in records]
+def request_of(record: dict[str, Any]) -> Request:
+    """What the model is asked for one prepared record: chat (``messages``) or alpaca."""
+    if "messages" in record:
+        return [{"role": m["role"], "content": m["content"]} for m in record["messages"][:-1]]
+    return alpaca_prompt(record["instruction"], record.get("input") or "")
+
+
+def reference_of(record: dict[str, Any]) -> str:
+    """The expected answer: the last assistant turn, or ``output``."""
+    if "messages" in record:
+        return str(record["messages"][-1]["content"])
+    return str(record["output"])
+
+
+def question_of(record: dict[str, Any]) -> str:
+    """The user's question, for reports and the demo (the last user turn, or the instruction)."""
+    if "messages" in record:
+        return str(next(m["content"] for m in reversed(record["messages"]) if m["role"] == "user"))
+    return str(record["instruction"])
+
+
+def _prompts(records: Sequence[dict[str, Any]]) -> list[Request]:
+    return [request_of(r) for r in records]
 
 
 def _task_score(metric: str, answers: Sequence[str], refs: Sequence[str]) -> TaskScore:
@@ -72,10 +98,10 @@ def evaluate_candidate(
 ) -> EvalReport:
     if params.max_test_examples is not None:
         test_records = test_records[: params.max_test_examples]
-    refs = [r["output"] for r in test_records]
+    refs = [reference_of(r) for r in test_records]
     prompts = _prompts(test_records)
 
-    def ask(model: str, batch: list[str], what: str) -> list[str]:
+    def ask(model: str, batch: list[Request], what: str) -> list[str]:
         def progress(done: int, total: int) -> None:
             if on_progress is not None:
                 on_progress(f"{what} [{model}]: {done}/{total}")
@@ -97,8 +123,8 @@ def evaluate_candidate(
 
     samples = [
         {
-            "prompt": r["instruction"],
-            "reference": r["output"],
+            "prompt": question_of(r),
+            "reference": reference_of(r),
             "base": answers[base_name][i],
             "candidate": answers[candidate_name][i],
         }

@@ -110,6 +110,16 @@ class RunHandle:
             for chunk in _chunks(items, _MAX_METRICS_PER_BATCH):
                 self._client.log_batch(self.run_id, metrics=chunk)
 
+    def log_steps(self, rows: list[tuple[dict[str, float], int]]) -> None:
+        """Metrics of several steps in as few requests as MLflow allows."""
+        now = int(time.time() * 1000)
+        items = [
+            Metric(metric_key(k), float(v), now, step) for values, step in rows for k, v in values.items()
+        ]
+        with self._registry.errors(f"logging metrics to run {self.run_id}"):
+            for chunk in _chunks(items, _MAX_METRICS_PER_BATCH):
+                self._client.log_batch(self.run_id, metrics=chunk)
+
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         items = [RunTag(k, v) for k, v in flatten(tags).items()]
         with self._registry.errors(f"tagging run {self.run_id}"):
@@ -128,6 +138,36 @@ class RunHandle:
             raise StageError(f"cannot log artifact: {local_file} is not a file")
         with self._registry.errors(f"uploading {local_file} to run {self.run_id}"):
             self._client.log_artifact(self.run_id, str(local_file), artifact_path)
+
+
+class MetricStream:
+    """Per-step training metrics sent to a run while training runs, batched every ``every_s`` seconds
+    (one request per Axolotl log line would slow a fast run down)."""
+
+    def __init__(self, run: RunHandle, *, prefix: str = "train.", every_s: float = 2.0) -> None:
+        self._run = run
+        self._prefix = prefix
+        self._every_s = every_s
+        self._pending: list[tuple[dict[str, float], int]] = []
+        self._last_flush = time.monotonic()
+        self.step = 0
+
+    def add(self, metrics: Mapping[str, float]) -> None:
+        """One logged line of the trainer; a line with ``loss`` advances the step."""
+        if "loss" in metrics:
+            self.step += 1
+        values = {f"{self._prefix}{k}": v for k, v in metrics.items() if k != "epoch"}
+        if "epoch" in metrics:
+            values[f"{self._prefix}epoch"] = metrics["epoch"]
+        self._pending.append((values, self.step))
+        if time.monotonic() - self._last_flush >= self._every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        self._last_flush = time.monotonic()
+        if pending:
+            self._run.log_steps(pending)
 
 
 class Registry:

@@ -91,16 +91,29 @@ def check_ports(ws: Workspace, params: Params) -> None:
             )
 
 
+def up_control_plane(ws: Workspace, params: Params) -> StackUrls:
+    """Start MLflow and Prefect only (what training and registration need; no model server)."""
+    ws.ensure()
+    manager = ServiceManager(ws.state)
+    manager.start_all(_control_plane_specs(ws, params))
+    return stack_urls(params)
+
+
+def _control_plane_specs(ws: Workspace, params: Params) -> list[ServiceSpec]:
+    specs: list[ServiceSpec] = []
+    if params.stack.tracking_uri is None:
+        specs.append(mlflow_service_spec(ws.state, params.stack.mlflow_port, host=params.stack.host))
+    if params.stack.prefect_api_url is None:
+        specs.append(prefect_service_spec(ws, params))
+    return specs
+
+
 def up(ws: Workspace, params: Params, base_model: str) -> StackUrls:
     """Start whatever is not running yet; services that already run healthy are kept."""
     ws.ensure()
     urls = stack_urls(params)
     manager = ServiceManager(ws.state)
-    first: list[ServiceSpec] = []
-    if params.stack.tracking_uri is None:
-        first.append(mlflow_service_spec(ws.state, params.stack.mlflow_port, host=params.stack.host))
-    if params.stack.prefect_api_url is None:
-        first.append(prefect_service_spec(ws, params))
+    first = _control_plane_specs(ws, params)
     first.append(vllm_service_spec(base_model, params.base_model.name(), params.serving))
     manager.start_all(first)
     manager.start(

@@ -30,13 +30,23 @@ def run_axolotl_train(
     on_line: Callable[[str], None] | None = None,
     extra_env: dict[str, str] | None = None,
     cpu_threads: int | None = None,
+    launcher_extra: list[str] | None = None,
 ) -> None:
-    """``axolotl train CONFIG`` with offline settings; raises StageError with the log path on failure."""
+    """``axolotl train CONFIG`` with offline settings; raises StageError with the log path on failure.
+
+    ``launcher_extra`` goes to the launcher after ``--`` (accelerate's --num_machines and the like)."""
     trainer = require(env or trainer_env())
     environ = trainer.environ({**(extra_env or {}), **cpu_thread_env(cpu_threads)})
     environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     run_streaming(
-        [trainer.bin / "axolotl", "train", config_path, "--launcher", launcher],
+        [
+            trainer.bin / "axolotl",
+            "train",
+            config_path,
+            "--launcher",
+            launcher,
+            *(["--", *launcher_extra] if launcher_extra else []),
+        ],
         env=environ,
         cwd=config_path.parent,
         log_file=log_file,

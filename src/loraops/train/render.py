@@ -10,8 +10,10 @@ from typing import Any
 
 import yaml
 
+from loraops.data.records import Format
 from loraops.errors import ConfigError
 from loraops.train.params import TrainParams
+from loraops.train.settings import Settings, resolve_settings
 
 # Axolotl's Triton LoRA kernels and mixed precision crash or are unavailable on CPU.
 CPU_SETTINGS: dict[str, Any] = {
@@ -21,6 +23,18 @@ CPU_SETTINGS: dict[str, Any] = {
     "bf16": False,
     "fp16": False,
     "tf32": False,
+}
+
+
+# Chat data: Axolotl's chat_template strategy with the tokenizer's own template (the one vLLM applies to
+# chat.completions requests), loss on the assistant turns and their end-of-turn token only.
+CHAT_DATASET: dict[str, Any] = {
+    "type": "chat_template",
+    "chat_template": "tokenizer_default",
+    "field_messages": "messages",
+    "message_property_mappings": {"role": "role", "content": "content"},
+    "roles_to_train": ["assistant"],
+    "train_on_eos": "turn",
 }
 
 
@@ -40,6 +54,18 @@ def load_preset(path: Path) -> dict[str, Any]:
     return data
 
 
+def dataset_entry(path: Path, data_format: Format, *, split: str | None = None) -> dict[str, Any]:
+    """One Axolotl dataset of prepared data: alpaca, or chat rendered with the tokenizer's own template."""
+    entry: dict[str, Any] = {"path": str(path), "ds_type": "json"}
+    if data_format == "chat":
+        entry.update(CHAT_DATASET)
+    else:
+        entry["type"] = "alpaca"
+    if split is not None:
+        entry["split"] = split
+    return entry
+
+
 def render_axolotl_config(
     preset: dict[str, Any],
     params: TrainParams,
@@ -48,49 +74,34 @@ def render_axolotl_config(
     train_file: Path,
     val_file: Path | None,
     output_dir: Path,
-    dataset_type: str = "alpaca",
+    data_format: Format = "alpaca",
     replay_file: Path | None = None,
+    settings: Settings | None = None,
+    prepared_path: Path | None = None,
 ) -> dict[str, Any]:
+    """The Axolotl config of one run: the preset, the effective knobs (``resolve_settings``), the data
+    and paths of this run, checkpointing for resume, CPU settings on CPU, and ``overrides`` last."""
+    settings = settings or resolve_settings(preset, params)
     cfg = copy.deepcopy(preset)
     cfg["base_model"] = base_model
-    cfg["datasets"] = [{"path": str(train_file), "ds_type": "json", "type": dataset_type}]
+    cfg["datasets"] = [dataset_entry(train_file, data_format)]
     if replay_file is not None:
-        cfg["datasets"].append({"path": str(replay_file), "ds_type": "json", "type": "alpaca"})
+        cfg["datasets"].append(dataset_entry(replay_file, "alpaca"))
     if val_file is not None:
-        cfg["test_datasets"] = [
-            {"path": str(val_file), "ds_type": "json", "type": dataset_type, "split": "train"}
-        ]
+        cfg["test_datasets"] = [dataset_entry(val_file, data_format, split="train")]
         cfg["val_set_size"] = 0.0
     cfg["output_dir"] = str(output_dir)
-    cfg["dataset_prepared_path"] = str(output_dir.parent / "prepared-dataset")
-    cfg.update(
-        {
-            "sequence_len": params.sequence_len,
-            "micro_batch_size": params.micro_batch_size,
-            "gradient_accumulation_steps": params.gradient_accumulation_steps,
-            "num_epochs": params.num_epochs,
-            "learning_rate": params.learning_rate,
-            "seed": params.seed,
-        }
-    )
-    if params.adapter == "full":
-        for key in [
-            k for k in cfg if k.startswith("lora_") or k in ("adapter", "load_in_4bit", "load_in_8bit")
-        ]:
-            del cfg[key]
-    else:
-        cfg.update(
-            {
-                "adapter": params.adapter,
-                "lora_r": params.lora_r,
-                "lora_alpha": params.lora_alpha,
-                "lora_dropout": params.lora_dropout,
-                "lora_target_modules": list(params.lora_target_modules),
-            }
-        )
-        if params.adapter == "qlora":
-            cfg["load_in_4bit"] = True
-            cfg.pop("load_in_8bit", None)
+    cfg["dataset_prepared_path"] = str(prepared_path or output_dir.parent / "prepared-dataset")
+    cfg.update(settings.values)
+    if "lora_target_modules" not in settings.values:
+        cfg.pop("lora_target_modules", None)
+    if settings.adapter == "qlora":
+        cfg["load_in_4bit"] = True
+        cfg.pop("load_in_8bit", None)
+    # A rerun of an interrupted run continues from its last checkpoint in output_dir; adapters and
+    # checkpoints are written as safetensors (a pickle can run code when loaded).
+    cfg["auto_resume_from_checkpoints"] = True
+    cfg["save_safetensors"] = True
     if params.device == "cpu":
         cfg.update(CPU_SETTINGS)
     cfg.update(copy.deepcopy(params.overrides))
