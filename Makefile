@@ -36,11 +36,16 @@ lint: envs
 bench: envs
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
-# Recompile the lock files (needs the registries). CUDA locks are resolved for x86_64 Linux.
+# Recompile the lock files (needs the registries); existing pins are kept unless an .in file asks for
+# another version. CUDA locks are resolved for x86_64 Linux (a GPU host, or the trainer image).
+COMPILE := .venv/bin/uv pip compile -q --no-annotate --no-header --python-version 3.11
+CUDA_PLATFORM := --python-platform x86_64-manylinux_2_28
 lock: envs
-	.venv/bin/uv pip compile -q --python-version 3.11 infra/envs/control.in -o infra/envs/control.lock.txt
-	.venv/bin/uv pip compile -q --python-version 3.11 --find-links /opt/wheels infra/envs/trainer-cpu.in -o infra/envs/trainer-cpu.lock.txt
-	.venv/bin/uv pip compile -q --python-version 3.11 --find-links /opt/wheels infra/envs/server-cpu.in -o infra/envs/server-cpu.lock.txt
+	$(COMPILE) infra/envs/control.in -o infra/envs/control.lock.txt
+	$(COMPILE) --find-links /opt/wheels infra/envs/trainer-cpu.in -o infra/envs/trainer-cpu.lock.txt
+	$(COMPILE) --find-links /opt/wheels infra/envs/server-cpu.in -o infra/envs/server-cpu.lock.txt
+	$(COMPILE) $(CUDA_PLATFORM) infra/envs/trainer-cuda.in -o infra/envs/trainer-cuda.lock.txt
+	$(COMPILE) $(CUDA_PLATFORM) infra/envs/server-cuda.in -o infra/envs/server-cuda.lock.txt
 	@echo "edit server-cpu.lock.txt: drop torchvision, torchaudio, torchcodec (see server-cpu.in)"
 
 clean-state: down

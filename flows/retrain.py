@@ -1,9 +1,12 @@
 """The retrain flow: one pass of the loop, wiring only (the logic lives in src/loraops/<stage>/).
 
 Steps:
+ 0. preflight  base model and tokenizer loadable, CUDA where the settings need it, LoRA targets vLLM
+               can serve: one line each, before any side effect
  1. prepare    validate, quality-check and split the raw data (fails loudly on bad data)
  2. version    track the prepared data with DVC and push it to the remote
- 3. train      render the Axolotl config from params.yaml and train the adapter
+ 3. train      render the Axolotl config (preset + params.yaml) and train the adapter with the launcher
+               of train.launcher: local (resumable from checkpoints) or a SageMaker training job
  4. register   log the run to MLflow and register the adapter as a new model version
  5. evaluate   candidate vs base (and champion) on the test split, and forgetting on the general suite,
                all through the running vLLM server
@@ -36,11 +39,20 @@ from loraops.gate.promote import promote_and_wait
 from loraops.registry.tracking import MetricStream, ModelVersionInfo, Registry, RunHandle
 from loraops.serving.vllm import VllmClient
 from loraops.stack.local import stack_urls
+from loraops.train.preflight import check_training
 from loraops.train.render import parse_metrics_line
 from loraops.train.run import TrainResult, launcher_for, replay_sample, train_adapter
 from loraops.train.settings import effective_sequence_len, effective_settings
 from loraops.vcs import git_commit
 from loraops.workspace import Workspace
+
+
+@task(name="preflight", cache_policy=NO_CACHE)
+def preflight_task(ws: Workspace, params: Params, base_model: str) -> None:
+    for line in check_training(
+        ws.root, params.train, base_model=base_model, max_lora_rank=params.serving.max_lora_rank
+    ):
+        get_run_logger().info("preflight: %s", line)
 
 
 @task(name="prepare-data", cache_policy=NO_CACHE)
@@ -190,6 +202,7 @@ def retrain(
     base_model = resolve_base_model(params.base_model.source, params.base_model.recipe, ws.models)
     settings = effective_settings(ws.root, params.train)
 
+    preflight_task(ws, params, base_model)
     prepared = prepare_task(ws, params, base_model)
     data_version = version_task(ws, params)
 

@@ -35,6 +35,11 @@ class AdapterInfo:
 
 def safetensors_keys(path: Path) -> list[str]:
     """Tensor names in a .safetensors file, read from its JSON header."""
+    return list(safetensors_shapes(path))
+
+
+def safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor name -> shape of a .safetensors file, read from its JSON header (no weights loaded)."""
     try:
         with path.open("rb") as fh:
             (size,) = struct.unpack("<Q", fh.read(8))
@@ -47,7 +52,11 @@ def safetensors_keys(path: Path) -> list[str]:
         ) from None
     if not isinstance(header, dict):
         raise StageError(f"{path} is not a readable safetensors file", hint="export the adapter again")
-    return [k for k in header if k != "__metadata__"]
+    return {
+        k: list(v.get("shape", [])) if isinstance(v, dict) else []
+        for k, v in header.items()
+        if k != "__metadata__"
+    }
 
 
 def base_weight_names(model_dir: Path) -> set[str] | None:
