@@ -250,17 +250,18 @@ def retrain(
             "duration_s": trained.duration_s,
             **{k: v for k, v in trained.details.items() if isinstance(v, str | int | float | bool)},
         }
+        registered = {
+            "model_name": version.name,
+            "version": version.version,
+            "run_id": run.run_id,
+            "run_url": registry.run_url(run.run_id),
+            "version_url": registry.version_url(version.version),
+            "data_version": data_version.tag(),
+            "lineage": lineage,
+            "trained": trained_summary,
+        }
         if not evaluate:
-            return {
-                "model_name": version.name,
-                "version": version.version,
-                "run_id": run.run_id,
-                "run_url": registry.run_url(run.run_id),
-                "version_url": registry.version_url(version.version),
-                "data_version": data_version.tag(),
-                "lineage": lineage,
-                "trained": trained_summary,
-            }
+            return registered
 
         report = evaluate_task(ws, params, registry, version, prepared)
         decision: GateDecision = decide(
@@ -284,18 +285,12 @@ def retrain(
             logger.info("%s now serves version %s", params.registry.model_name, version.version)
 
     return {
-        "model_name": version.name,
-        "version": version.version,
-        "run_id": run.run_id,
-        "run_url": registry.run_url(run.run_id),
-        "version_url": registry.version_url(version.version),
-        "data_version": data_version.tag(),
+        **registered,
         "gate": decision.to_json(),
         "gate_summary": decision.summary(),
         "promoted": decision.passed,
         "served_path": served,
         "scores": report.metrics(),
-        "trained": trained_summary,
     }
 
 

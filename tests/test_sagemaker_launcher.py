@@ -18,8 +18,9 @@ from botocore.stub import Stubber
 
 from loraops.data.params import RemoteParams
 from loraops.errors import ConfigError, StageError
+from loraops.files import file_md5
 from loraops.train.cost import sagemaker_cost
-from loraops.train.job import TrainJob, file_md5
+from loraops.train.job import TrainJob
 from loraops.train.params import EmulateParams, SageMakerParams, TrainParams
 from loraops.train.sagemaker import (
     LOG_GROUP,

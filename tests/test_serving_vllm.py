@@ -206,6 +206,15 @@ def test_missing_weights_file(tmp_path: Path):
         check_adapter_dir(root)
 
 
+def test_a_pickled_adapter_is_refused_before_any_server_loads_it(tmp_path: Path):
+    root = make_adapter(tmp_path / "a")
+    (root / "adapter_model.safetensors").rename(root / "adapter_model.bin")
+    with pytest.raises(
+        StageError, match=r"adapter_model\.bin: pickled weights, which can run code when loaded"
+    ):
+        check_adapter_dir(root)
+
+
 def test_rank_above_max_says_which_param_to_change(tmp_path: Path):
     with pytest.raises(StageError) as err:
         check_adapter_dir(make_adapter(tmp_path / "a", r=32), max_lora_rank=16)

@@ -139,9 +139,12 @@ def run_streaming(
     cwd: Path | None = None,
     log_file: Path | None = None,
     on_line: Callable[[str], None] | None = None,
+    on_start: Callable[[subprocess.Popen[str]], None] | None = None,
     what: str = "command",
 ) -> None:
     """Run ``cmd``, passing each output line to ``on_line`` and appending it to ``log_file``.
+
+    ``on_start`` gets the process once it runs (for a caller that may stop it from another thread).
 
     The command runs in its own process group and dies with this process: when the caller is
     interrupted (Ctrl-C, a cancelled flow run's SIGTERM, an exception in ``on_line``) the whole group
@@ -168,6 +171,8 @@ def run_streaming(
             preexec_fn=_die_with_parent,
         )
         try:
+            if on_start is not None:
+                on_start(proc)
             assert proc.stdout is not None
             for raw in proc.stdout:
                 line = raw.rstrip("\n")

@@ -26,6 +26,7 @@ from loraops.data.split import SPLITS, in_review, review_fraction
 from loraops.data.tokens import TokenCounter
 from loraops.data.validate import OnIssue, ScanResult, SplitSink, scan
 from loraops.errors import DataError
+from loraops.files import file_md5
 from loraops.locks import file_lock
 from loraops.prompts import CHAT_TEMPLATE, alpaca_prompt
 from loraops.workspace import Workspace
@@ -110,14 +111,6 @@ def _files(prepared: Path) -> dict[str, Path]:
 # ---------------------------------------------------------------- fingerprint and stamp
 
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _stat(path: Path) -> list[int]:
     st = path.stat()
     return [st.st_size, st.st_mtime_ns, st.st_ino]
@@ -148,7 +141,7 @@ def _digest(path: Path, cached: dict[str, Any] | None) -> str:
     stat = _stat(path)
     if cached and cached.get("stat") == stat and isinstance(cached.get("md5"), str):
         return str(cached["md5"])
-    return _md5(path)
+    return file_md5(path)
 
 
 def _fingerprint(

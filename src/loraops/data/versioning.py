@@ -27,6 +27,7 @@ import yaml
 from loraops.data.params import DataParams
 from loraops.data.prepare import is_current, publish_dir, recover_dir
 from loraops.errors import DataError
+from loraops.files import file_md5
 from loraops.train.params import TrainParams
 from loraops.vcs import git_commit
 from loraops.workspace import Workspace
@@ -260,14 +261,6 @@ def _dir_manifest(cache: Path, digest: str) -> list[dict[str, Any]]:
     return entries if isinstance(entries, list) else []
 
 
-def _file_md5(path: Path) -> str:
-    h = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def verify_dir(directory: Path, manifest: Sequence[dict[str, Any]]) -> None:
     """Raises DataError unless ``directory`` holds exactly the files of ``manifest``, byte for byte."""
     want = {e["relpath"]: e["md5"] for e in manifest}
@@ -275,7 +268,7 @@ def verify_dir(directory: Path, manifest: Sequence[dict[str, Any]]) -> None:
     if set(want) != have:
         raise DataError(f"restored data has files {sorted(have)}, expected {sorted(want)}")
     for rel, md5 in want.items():
-        if _file_md5(directory / rel) != md5:
+        if file_md5(directory / rel) != md5:
             raise DataError(f"restored file {rel} does not match its recorded hash")
 
 

@@ -19,6 +19,7 @@ from loraops.serving.params import ALLOWED_MAX_LORA_RANKS
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
+PICKLED_WEIGHTS = ("adapter_model.bin", "adapter_model.pt")
 _LORA_KEY = re.compile(
     r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?:A|B|embedding_A|embedding_B)(?:\.weight)?$"
 )
@@ -139,6 +140,13 @@ def check_adapter_dir(
     if not where.is_dir():
         raise StageError(f"adapter directory {where} does not exist", hint="check the path (or download it)")
     config_file, weights_file = where / CONFIG_FILE, where / WEIGHTS_FILE
+    pickled = [name for name in PICKLED_WEIGHTS if (where / name).exists()]
+    if pickled:
+        raise StageError(
+            f"{where} holds {', '.join(pickled)}: pickled weights, which can run code when loaded; "
+            "loraops serves adapters saved as safetensors only",
+            hint="save the adapter with peft's save_pretrained(safe_serialization=True)",
+        )
     for needed in (config_file, weights_file):
         if not needed.is_file():
             other = sorted(p.name for p in where.iterdir())[:6]

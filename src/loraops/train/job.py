@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from loraops.data.records import Format
+from loraops.files import file_md5
 from loraops.train.params import TrainParams
 from loraops.train.render import load_preset, render_axolotl_config
 from loraops.train.settings import Settings, resolve_settings
@@ -22,14 +23,6 @@ from loraops.train.settings import Settings, resolve_settings
 # TrainParams fields that say where or how fast a job runs, not what it trains.
 _PLACEMENT_FIELDS = {"launcher", "sagemaker", "local_usd_per_hour", "cpu_threads", "axolotl_launcher"}
 SPEC_VERSION = 1
-
-
-def file_md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

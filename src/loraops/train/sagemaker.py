@@ -28,9 +28,10 @@ from typing import Any, Protocol
 
 from loraops.data.params import RemoteParams
 from loraops.errors import ConfigError, StageError
+from loraops.files import file_md5
 from loraops.train.artifacts import collect_adapter
 from loraops.train.cost import sagemaker_cost
-from loraops.train.job import TrainJob, file_md5
+from loraops.train.job import TrainJob
 from loraops.train.local import parse_resume_line
 from loraops.train.params import SageMakerParams
 from loraops.train.render import parse_metrics_line

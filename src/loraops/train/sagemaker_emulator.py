@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import subprocess
 import tarfile
 import threading
@@ -35,8 +36,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from loraops.envs import PythonEnv, require, stop_process_group, trainer_env
-from loraops.errors import ConfigError
+from loraops.envs import PythonEnv, require, run_streaming, stop_process_group, trainer_env
+from loraops.errors import ConfigError, StageError
 from loraops.train.artifacts import checkpoints
 from loraops.train.params import SageMakerParams
 
@@ -214,46 +215,45 @@ class EmulatedSageMaker:
     def _run(
         self, request: dict[str, Any], root: Path, played: _Played, synced: set[str], *, may_interrupt: bool
     ) -> tuple[int, bool]:
+        """Run the container's program once; (exit code, whether the spot instance was reclaimed)."""
         name = request["TrainingJobName"]
         trainer = require(self.trainer)
-        env = trainer.environ({"LORAOPS_SM_ROOT": str(root), **request.get("Environment", {})})
         logs = _LogWriter(self.clients.logs, f"{name}/algo-1-{int(time.time())}")
         began = time.monotonic()
-        proc = subprocess.Popen(
-            [str(trainer.python), "-m", "loraops.train.sagemaker_entry"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            errors="replace",
-            bufsize=1,
-            start_new_session=True,
-        )
-        with self._lock:
-            played.process = proc
-            if played.stop_requested:
+
+        def started(proc: subprocess.Popen[str]) -> None:
+            with self._lock:
+                played.process = proc
+                stop_now = played.stop_requested
+            if stop_now:
                 stop_process_group(proc, grace_s=5)
-        reclaimed = False
-        assert proc.stdout is not None
+
+        def each_line(line: str) -> None:
+            logs.add(line)
+            count = self._sync_checkpoints(request, root, synced)
+            if may_interrupt and self.interrupt_after is not None and count >= self.interrupt_after:
+                logs.add(f"[emulator] reclaiming the spot instance after {count} checkpoint(s) reached S3")
+                raise _Reclaimed
+
+        code = 0
         try:
-            for raw in proc.stdout:
-                logs.add(raw.rstrip("\n"))
-                count = self._sync_checkpoints(request, root, synced)
-                if may_interrupt and self.interrupt_after is not None and count >= self.interrupt_after:
-                    logs.add(
-                        f"[emulator] reclaiming the spot instance after {count} checkpoint(s) reached S3"
-                    )
-                    stop_process_group(proc, grace_s=0.5)
-                    reclaimed = True
-                    may_interrupt = False
-            code = proc.wait()
+            run_streaming(
+                [trainer.python, "-m", "loraops.train.sagemaker_entry"],
+                env=trainer.environ({"LORAOPS_SM_ROOT": str(root), **request.get("Environment", {})}),
+                on_line=each_line,
+                on_start=started,
+                what=f"training job {name}",
+            )
+        except _Reclaimed:  # run_streaming stopped the process group: the instance is gone
+            return -signal.SIGTERM, True
+        except StageError:
+            proc = played.process
+            code = proc.returncode if proc is not None and proc.returncode is not None else 1
         finally:
             logs.flush()
             played.running_s += time.monotonic() - began
-        if not reclaimed:
-            self._sync_checkpoints(request, root, synced)
-        return code, reclaimed
+        self._sync_checkpoints(request, root, synced)
+        return code or 0, False
 
     def _sync_checkpoints(self, request: dict[str, Any], root: Path, synced: set[str]) -> int:
         """Upload complete checkpoints not yet in S3 (SageMaker syncs the local path continuously)."""
@@ -313,6 +313,10 @@ def _list(s3: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
         token = page.get("NextContinuationToken")
         if not token:
             return found
+
+
+class _Reclaimed(Exception):
+    """Raised from the output loop to reclaim the emulated spot instance (kills the container)."""
 
 
 class _LogWriter:
