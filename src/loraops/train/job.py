@@ -8,6 +8,7 @@ resumes from another recipe's checkpoint.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -70,6 +71,10 @@ class TrainJob:
 
     def fingerprint(self) -> str:
         """Content hash of what decides the adapter (not where it runs or with how many threads)."""
+        return self._fingerprint
+
+    @functools.cached_property
+    def _fingerprint(self) -> str:  # the data files are hashed once per job
         payload = {
             "preset": self.preset,
             "params": self.params.model_dump(mode="json", exclude=_PLACEMENT_FIELDS),
