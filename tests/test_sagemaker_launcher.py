@@ -315,6 +315,49 @@ def test_a_cancelled_wait_stops_the_job_and_waits_until_it_stopped(
     assert lines[-1] == "[loraops] SageMaker job job-1 is Stopped"
 
 
+def test_transient_poll_errors_are_retried_without_stopping_the_job(
+    tmp_path: Path, clients: AwsClients
+) -> None:
+    sagemaker, stub = _stubbed(clients)
+    job = {"TrainingJobName": "job-1"}
+    stub.add_client_error(
+        "describe_training_job", service_error_code="ThrottlingException", http_status_code=400
+    )
+    stub.add_response("describe_training_job", _description("Completed", "Completed", ["Completed"]), job)
+    launcher = SageMakerLauncher(
+        sm_params(), Workspace(tmp_path), clients=clients, jobs=sagemaker, sleep=lambda _: None
+    )
+    lines: list[str] = []
+    with stub:
+        assert launcher.wait("job-1", lines.append)["TrainingJobStatus"] == "Completed"
+    stub.assert_no_pending_responses()  # no StopTrainingJob was called
+    assert any("polling job-1 failed" in line and "ThrottlingException" in line for line in lines)
+
+
+def test_an_error_of_the_flow_itself_stops_the_job_too(tmp_path: Path, clients: AwsClients) -> None:
+    sagemaker, stub = _stubbed(clients)
+    job = {"TrainingJobName": "job-1"}
+    stub.add_response("describe_training_job", _description("InProgress", "Training", ["Training"]), job)
+    stub.add_response("stop_training_job", {}, job)
+    stub.add_response(
+        "describe_training_job", _description("Stopped", "Stopped", ["Training", "Stopped"]), job
+    )
+
+    def on_line(line: str) -> None:
+        if "Training message" in line:
+            raise StageError("MLflow went away")  # the flow cannot record the result any more
+        lines.append(line)
+
+    lines: list[str] = []
+    launcher = SageMakerLauncher(
+        sm_params(), Workspace(tmp_path), clients=clients, jobs=sagemaker, sleep=lambda _: None
+    )
+    with stub, pytest.raises(StageError, match="MLflow went away"):
+        launcher.wait("job-1", on_line)
+    stub.assert_no_pending_responses()
+    assert lines[-1] == "[loraops] SageMaker job job-1 is Stopped"
+
+
 def test_spot_cost_uses_billable_time_and_reports_the_saving() -> None:
     cost = sagemaker_cost(
         billable_s=900, training_s=3000, instance_type="ml.g5.2xlarge", instances=2, usd_per_hour=1.5

@@ -26,6 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from loraops.data.params import RemoteParams
 from loraops.errors import ConfigError, StageError
 from loraops.files import file_md5
@@ -42,6 +44,7 @@ LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 TERMINAL = ("Completed", "Failed", "Stopped")
 CONTAINER_CHECKPOINTS = "/opt/ml/checkpoints"
 COMPLETE_MARKER = ".loraops-complete"
+MAX_POLL_FAILURES = 8
 # Axolotl prints HF Trainer logs as dicts of quoted numbers: {'loss': '0.6063', ...}
 METRIC_DEFINITIONS = [
     {"Name": "train:loss", "Regex": r"'loss': '?([0-9.]+(?:e-?[0-9]+)?)"},
@@ -67,6 +70,10 @@ class S3Uri:
 
     def __str__(self) -> str:
         return f"s3://{self.bucket}/{self.key}" if self.key else f"s3://{self.bucket}"
+
+
+class LostTrackError(StageError):
+    """DescribeTrainingJob kept failing: the job's state is unknown (it may still run)."""
 
 
 class TrainingJobs(Protocol):
@@ -304,8 +311,8 @@ class SageMakerLauncher:
         return str(uri)
 
     def _base_model_channel(self, job: TrainJob, prefix: S3Uri) -> str | None:
-        if self.params.base_model_s3_uri:
-            return self.params.base_model_s3_uri
+        if self.params.base_model_s3_uri:  # a folder: its files land in the channel directory itself
+            return self.params.base_model_s3_uri.rstrip("/") + "/"
         local = Path(job.base_model)
         if not local.is_dir():
             return None  # a Hugging Face id: the job downloads it (HF_TOKEN in train.sagemaker.environment)
@@ -356,22 +363,40 @@ class SageMakerLauncher:
     # -- the job ----------------------------------------------------------------------------------------
 
     def wait(self, name: str, on_line: Callable[[str], None]) -> dict[str, Any]:
-        """Poll until the job ends, printing status changes and its log; stop it if interrupted."""
+        """Poll until the job ends, printing status changes and its log.
+
+        A transient AWS error (throttling, a dropped connection) is retried with the same backoff. Anything
+        else that ends the wait (Ctrl-C, a cancelled flow run's TerminationSignal, an error of the flow
+        itself) stops the job before going on, so that no job runs and bills with nobody to collect it;
+        only a job that cannot be reached any more is left alone.
+        """
         tail = LogTail(self.clients.logs, name)
         delay = self.params.poll_initial_s
         seen_transitions = 0
+        failures = 0
         try:
             while True:
-                desc = self.jobs.describe_training_job(TrainingJobName=name)
-                for line in tail.poll():
+                try:
+                    desc = self.jobs.describe_training_job(TrainingJobName=name)
+                    lines = tail.poll()
+                except (BotoCoreError, ClientError) as exc:
+                    failures += 1
+                    if failures > MAX_POLL_FAILURES:
+                        raise LostTrackError(
+                            f"lost track of SageMaker job {name} after {failures} failed polls: {exc}",
+                            hint=f"the job may still run: {self.console_url(name)}",
+                        ) from None
+                    on_line(f"[loraops] polling {name} failed ({exc}); retrying")
+                    self.sleep(delay)
+                    delay = min(delay * 2, self.params.poll_max_s)
+                    continue
+                failures = 0
+                for line in lines:
                     on_line(line)
                 transitions = desc.get("SecondaryStatusTransitions") or []
                 for step in transitions[seen_transitions:]:
-                    on_line(
-                        f"[loraops] {name}: {step.get('Status')}: {step.get('StatusMessage', '')}".rstrip(
-                            ": "
-                        )
-                    )
+                    status, message = step.get("Status"), step.get("StatusMessage", "")
+                    on_line(f"[loraops] {name}: {status}: {message}".rstrip(": "))
                     delay = self.params.poll_initial_s
                 seen_transitions = max(seen_transitions, len(transitions))
                 if desc["TrainingJobStatus"] in TERMINAL:
@@ -380,6 +405,8 @@ class SageMakerLauncher:
                     return desc
                 self.sleep(delay)
                 delay = min(delay * 2, self.params.poll_max_s)
+        except LostTrackError:
+            raise
         except BaseException:
             self.stop(name, on_line)
             raise
