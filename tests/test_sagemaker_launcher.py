@@ -4,6 +4,7 @@ DescribeTrainingJob/StopTrainingJob only. Nothing here trains: test_sagemaker_jo
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import tarfile
@@ -241,7 +242,8 @@ def test_wait_streams_the_log_backs_off_and_reports_a_failure_in_one_line(
     tmp_path: Path, clients: AwsClients
 ) -> None:
     sagemaker, stub = _stubbed(clients)
-    clients.logs.create_log_group(logGroupName=LOG_GROUP)
+    with contextlib.suppress(clients.logs.exceptions.ResourceAlreadyExistsException):  # moto is shared
+        clients.logs.create_log_group(logGroupName=LOG_GROUP)
     clients.logs.create_log_stream(logGroupName=LOG_GROUP, logStreamName="job-1/algo-1-1")
     clients.logs.put_log_events(
         logGroupName=LOG_GROUP,
