@@ -84,7 +84,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Demo, str]]
     try:
         result = run_cli(ws, "demo")
         output = result.stdout + result.stderr
-        assert result.returncode == 0, output[-4000:]  # demo exits 0 on a refusal too: the PASS is checked below
+        assert result.returncode == 0, output[
+            -4000:
+        ]  # demo exits 0 on a refusal too: the PASS is checked below
         yield Demo(ws), output
     finally:
         run_cli(ws, "down", timeout=120)
