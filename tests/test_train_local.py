@@ -1,5 +1,6 @@
 """The local launcher on the real tiny base model: a run killed with its parent resumes from its last
-checkpoint instead of starting over, and records what it cost."""
+checkpoint instead of starting over, records what it cost, and training is reproducible: the killed and
+resumed run and an uninterrupted run of the same job give the same adapter, tensor for tensor."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -95,3 +97,31 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     assert not list(checkpoints.glob("*/output")), "a finished job's checkpoints are removed"
     assert result.cost is not None and result.cost.usd == pytest.approx(result.duration_s / 1000, rel=0.01)
     assert result.run_tags()["train.resumed_from_step"] == str(resumed)
+
+    straight = train_adapter(
+        ws,
+        _params(),
+        base_model=base,
+        train_file=ws / "train.jsonl",
+        val_file=ws / "val.jsonl",
+        run_dir=ws / "run-3",
+    )
+    assert straight.resumed_from_step is None
+    resumed_tensors = tensors(result.adapter_dir / "adapter_model.safetensors")
+    straight_tensors = tensors(straight.adapter_dir / "adapter_model.safetensors")
+    assert len(straight_tensors) > 10 and resumed_tensors.keys() == straight_tensors.keys()
+    different = [name for name in straight_tensors if straight_tensors[name] != resumed_tensors[name]]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[0]}"
+
+
+def tensors(path: Path) -> dict[str, bytes]:
+    """Each tensor's raw bytes, read with the safetensors layout (header length, JSON header, data)."""
+    raw = path.read_bytes()
+    (size,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + size])
+    data = raw[8 + size :]
+    return {
+        name: data[spec["data_offsets"][0] : spec["data_offsets"][1]]
+        for name, spec in header.items()
+        if name != "__metadata__"
+    }

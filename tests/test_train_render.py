@@ -109,10 +109,13 @@ def test_chat_data_renders_the_tokenizers_chat_template_and_replay_stays_alpaca(
     assert cfg["test_datasets"][0]["type"] == "chat_template"
 
 
-def test_runs_checkpoint_resume_and_save_safetensors_only():
+def test_runs_checkpoint_resume_save_safetensors_only_and_seed_the_adapter():
     cfg = _render(TrainParams())
     assert cfg["auto_resume_from_checkpoints"] is True and cfg["save_safetensors"] is True
     assert cfg["save_strategy"] != "no"
+    assert cfg["plugins"] == ["loraops.train.axolotl_plugin.SeededStart"]
+    with_own = _render(TrainParams(overrides={}), "lora_tiny_cpu.yaml")
+    assert with_own["plugins"].count("loraops.train.axolotl_plugin.SeededStart") == 1
 
 
 def test_legacy_launcher_values_mean_a_local_run_with_that_axolotl_launcher():

@@ -26,6 +26,9 @@ CPU_SETTINGS: dict[str, Any] = {
 }
 
 
+# Seeds the adapter's initial weights (Axolotl 0.19 seeds only later): see train/axolotl_plugin.py.
+SEED_PLUGIN = "loraops.train.axolotl_plugin.SeededStart"
+
 # Chat data: Axolotl's chat_template strategy with the tokenizer's own template (the one vLLM applies to
 # chat.completions requests), loss on the assistant turns and their end-of-turn token only.
 CHAT_DATASET: dict[str, Any] = {
@@ -102,6 +105,7 @@ def render_axolotl_config(
     # checkpoints are written as safetensors (a pickle can run code when loaded).
     cfg["auto_resume_from_checkpoints"] = True
     cfg["save_safetensors"] = True
+    cfg["plugins"] = [*[p for p in cfg.get("plugins") or [] if p != SEED_PLUGIN], SEED_PLUGIN]
     if params.device == "cpu":
         cfg.update(CPU_SETTINGS)
     cfg.update(copy.deepcopy(params.overrides))
