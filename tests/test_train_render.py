@@ -114,8 +114,11 @@ def test_runs_checkpoint_resume_save_safetensors_only_and_seed_the_adapter():
     assert cfg["auto_resume_from_checkpoints"] is True and cfg["save_safetensors"] is True
     assert cfg["save_strategy"] != "no"
     assert cfg["plugins"] == ["loraops.train.axolotl_plugin.SeededStart"]
-    with_own = _render(TrainParams(overrides={}), "lora_tiny_cpu.yaml")
-    assert with_own["plugins"].count("loraops.train.axolotl_plugin.SeededStart") == 1
+    preset = {**load_preset(ROOT / "axolotl_configs" / "lora_tiny_cpu.yaml"), "plugins": ["my.Plugin"]}
+    own = render_axolotl_config(
+        preset, TrainParams(), base_model="m", train_file=Path("t"), val_file=None, output_dir=Path("o")
+    )
+    assert own["plugins"] == ["my.Plugin", "loraops.train.axolotl_plugin.SeededStart"]  # the preset's kept
 
 
 def test_legacy_launcher_values_mean_a_local_run_with_that_axolotl_launcher():
