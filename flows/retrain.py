@@ -26,16 +26,20 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from loraops.basemodel.build import resolve_base_model
-from loraops.basemodel.skills import general_suite, training_corpus
+from loraops.basemodel.skills import training_corpus
 from loraops.config import Params, load_params
 from loraops.data.prepare import PrepareResult, prepare
 from loraops.data.versioning import DataVersion, version_data
 from loraops.envs import repo_root
 from loraops.errors import ConfigError
+from loraops.evaluate.economics import BreakEven, break_even
+from loraops.evaluate.procedure import evaluate_version, general_tasks, summary_line
+from loraops.evaluate.report import render_report, write_report
 from loraops.evaluate.runner import CompletionClient
-from loraops.evaluate.suite import EvalReport, evaluate_candidate, read_jsonl
-from loraops.gate.decision import GateDecision, decide
+from loraops.evaluate.suite import EvalReport, read_jsonl
+from loraops.gate.decision import GateDecision, decide, gate_inputs
 from loraops.gate.promote import promote_and_wait
+from loraops.gate.record import record_decision
 from loraops.registry.tracking import MetricStream, ModelVersionInfo, Registry, RunHandle
 from loraops.serving.vllm import VllmClient
 from loraops.stack.local import stack_urls
@@ -48,11 +52,14 @@ from loraops.workspace import Workspace
 
 
 @task(name="preflight", cache_policy=NO_CACHE)
-def preflight_task(ws: Workspace, params: Params, base_model: str) -> None:
+def preflight_task(ws: Workspace, params: Params, base_model: str, evaluate: bool) -> None:
     for line in check_training(
         ws.root, params.train, base_model=base_model, max_lora_rank=params.serving.max_lora_rank
     ):
         get_run_logger().info("preflight: %s", line)
+    if evaluate:  # the forgetting tasks must exist before hours of training, not after
+        tasks, _ = general_tasks(params, params.base_model.source == "build", ws.runs / "preflight")
+        get_run_logger().info("preflight: forgetting measured on %s", ", ".join(tasks))
 
 
 @task(name="prepare-data", cache_policy=NO_CACHE)
@@ -144,41 +151,87 @@ def train_task(
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(
-    ws: Workspace, params: Params, registry: Registry, version: ModelVersionInfo, prepared: PrepareResult
+    ws: Workspace,
+    params: Params,
+    registry: Registry,
+    version: ModelVersionInfo,
+    prepared: PrepareResult,
+    base_model: str,
+    run_dir: Path,
 ) -> EvalReport:
     logger = get_run_logger()
     urls = stack_urls(params)
-    server = VllmClient(urls.server)
-    candidate_name = f"{params.registry.model_name}-candidate-v{version.version}"
-    local = registry.download_adapter(version.version, ws.runs / "candidates" / f"v{version.version}")
-    server.load_adapter(candidate_name, local)
-    champion_name = params.registry.model_name if server.served_path(params.registry.model_name) else None
-    try:
-        report = evaluate_candidate(
-            CompletionClient(
-                urls.server,
-                timeout_s=params.evaluate.request_timeout_s,
-                concurrency=params.evaluate.concurrency,
-            ),
-            base_name=params.base_model.name(),
-            candidate_name=candidate_name,
-            champion_name=champion_name,
-            test_records=read_jsonl(prepared.files["test"]),
-            general_records=general_suite(params.base_model.recipe, params.evaluate.general_per_skill),
-            params=params.evaluate,
-            on_progress=logger.info,
-        )
-    finally:
-        server.unload_adapter(candidate_name)
-    logger.info(
-        "task score: base %.3f, candidate %.3f%s; general mean: base %.3f, candidate %.3f",
-        report.base.score,
-        report.candidate.score,
-        f", champion {report.champion.score:.3f}" if report.champion else "",
-        report.base_general.mean,
-        report.candidate_general.mean,
+    report = evaluate_version(
+        server=VllmClient(urls.server),
+        client=CompletionClient(
+            urls.server, timeout_s=params.evaluate.request_timeout_s, concurrency=params.evaluate.concurrency
+        ),
+        registry=registry,
+        params=params,
+        version=version,
+        files=prepared.files,
+        base_model=base_model,
+        work_dir=run_dir / "evaluation",
+        on_progress=logger.info,
     )
+    logger.info(summary_line(report))
     return report
+
+
+@task(name="gate", cache_policy=NO_CACHE)
+def gate_task(params: Params, report: EvalReport, trained: TrainResult) -> GateDecision:
+    logger = get_run_logger()
+    decision = decide(gate_inputs(report, trained.history), params.gate)
+    for check in decision.checks:
+        logger.info(check.line())
+    logger.info(decision.summary())
+    return decision
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def report_task(
+    params: Params,
+    run: RunHandle,
+    version: ModelVersionInfo,
+    report: EvalReport,
+    decision: GateDecision,
+    trained: TrainResult,
+    links: dict[str, str],
+    out_dir: Path,
+) -> tuple[Path, BreakEven | None]:
+    """evaluation.json, examples.jsonl (per example and model), report.html: logged to the run."""
+    economics = None
+    if "rag" in report.task.runs:
+        economics = break_even(
+            training_usd=trained.cost.usd if trained.cost else 0.0,
+            adapter_tokens=report.task.runs["candidate"].mean_tokens(),
+            rag_tokens=report.task.runs["rag"].mean_tokens(),
+            prices=params.cost,
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    evaluation = {
+        "report": report.to_json(),
+        "gate": decision.to_json(),
+        "economics": economics.to_json() if economics else None,
+        "history": trained.history,
+    }
+    (out_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=1, default=str))
+    with (out_dir / "examples.jsonl").open("w", encoding="utf-8") as fh:
+        for row in report.example_rows():
+            fh.write(json.dumps(row) + "\n")
+    html = render_report(
+        report,
+        title=f"{version.name} version {version.version}",
+        decision=decision.to_json(),
+        history=trained.history,
+        economics=economics,
+        links=links,
+        train_summary={**trained.run_tags(), "wall time": f"{trained.duration_s:.0f} s"},
+    )
+    path = write_report(html, out_dir / "report.html")
+    run.log_artifacts(out_dir, "evaluation")
+    get_run_logger().info("report: %s", path)
+    return path, economics
 
 
 @flow(name="retrain", log_prints=True)
@@ -202,7 +255,7 @@ def retrain(
     base_model = resolve_base_model(params.base_model.source, params.base_model.recipe, ws.models)
     settings = effective_settings(ws.root, params.train)
 
-    preflight_task(ws, params, base_model)
+    preflight_task(ws, params, base_model, evaluate)
     prepared = prepare_task(ws, params, base_model)
     data_version = version_task(ws, params)
 
@@ -263,34 +316,49 @@ def retrain(
         if not evaluate:
             return registered
 
-        report = evaluate_task(ws, params, registry, version, prepared)
-        decision: GateDecision = decide(
-            candidate=report.candidate,
-            base=report.base,
-            champion=report.champion,
-            base_general=report.base_general,
-            candidate_general=report.candidate_general,
-            params=params.gate,
-        )
+        report = evaluate_task(ws, params, registry, version, prepared, base_model, run_dir)
         run.log_metrics(report.metrics())
-        report_path = run_dir / "evaluation.json"
-        report_path.write_text(json.dumps({"report": report.to_json(), "gate": decision.to_json()}, indent=2))
-        run.log_artifact(report_path, "evaluation")
-        registry.tag_version(version.version, {"gate": "passed" if decision.passed else "failed"})
-        logger.info(decision.summary())
+        decision = gate_task(params, report, trained)
+        links = {"run": registry.run_url(run.run_id), "version": registry.version_url(version.version)}
+        report_path, economics = report_task(
+            params, run, version, report, decision, trained, links, run_dir / "evaluation-files"
+        )
+        if economics is not None:
+            run.log_metrics({"economics.break_even_days": min(economics.days, 1e9)})
+            logger.info("cost: %s", economics.statement())
+        report_uri = run.artifact_uri("evaluation/report.html")
+        record_decision(
+            registry,
+            version.version,
+            decision,
+            report,
+            report_uri=report_uri,
+            cost=trained.cost.summary() if trained.cost else None,
+        )
+        registry.tag_version(version.version, {"report.local": str(report_path)})
 
         served = None
-        if decision.passed:
+        alias = None
+        if decision.passed and params.gate.auto_promote:
             served = promote_and_wait(registry, params, version, urls)
+            alias = params.registry.champion_alias
             logger.info("%s now serves version %s", params.registry.model_name, version.version)
+        elif decision.passed:
+            alias = params.registry.challenger_alias
+            registry.set_alias(alias, version.version)
+            logger.info("version %s passed: alias %s (auto_promote is off)", version.version, alias)
 
     return {
         **registered,
         "gate": decision.to_json(),
         "gate_summary": decision.summary(),
-        "promoted": decision.passed,
+        "gate_lines": [c.line() for c in decision.checks],
+        "promoted": decision.passed and params.gate.auto_promote,
+        "alias": alias,
         "served_path": served,
         "scores": report.metrics(),
+        "report": str(report_path),
+        "economics": economics.statement() if economics else None,
     }
 
 

@@ -214,12 +214,13 @@ def cmd_retrain(args: argparse.Namespace, *, show_answer: bool = True) -> int:
         return 0
     print()
     print(f"== gate: {result['gate_summary']}")
-    for check in result["gate"]["checks"]:
-        mark = "ok  " if check["passed"] else "FAIL"
-        print(
-            f"   {mark} {check['name']:<20s} {check['value']:+.3f}  (threshold {check['threshold']:.3f}) "
-            f"{check['detail']}"
-        )
+    for line in result["gate_lines"]:
+        print(f"   {line}")
+    if result.get("economics"):
+        print(f"== cost: {result['economics']}")
+    print(f"== report: {result['report']}")
+    if result.get("alias") and not result["promoted"]:
+        print(f"== version {result['version']} is now {result['alias']!r}: promote it in the MLflow UI")
     print(f"== registered {result['model_name']} version {result['version']} (data {result['data_version']})")
     print(f"   run    : {result['run_url']}")
     print(f"   version: {result['version_url']}")

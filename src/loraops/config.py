@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from loraops.basemodel.recipe import DEFAULT_RECIPE, BaseModelRecipe
 from loraops.data.params import DataParams
 from loraops.errors import ConfigError
+from loraops.evaluate.economics import CostParams
 from loraops.evaluate.params import EvalParams
 from loraops.gate.params import GateParams
 from loraops.registry.params import RegistryParams
@@ -50,6 +51,7 @@ class Params(BaseModel):
     registry: RegistryParams = Field(default_factory=RegistryParams)
     evaluate: EvalParams = Field(default_factory=EvalParams)
     gate: GateParams = Field(default_factory=GateParams)
+    cost: CostParams = Field(default_factory=CostParams)
     serving: ServingParams = Field(default_factory=ServingParams)
     stack: StackParams = Field(default_factory=StackParams)
 

@@ -5,12 +5,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from openai import APIError, OpenAI
 
 from loraops.errors import StageError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One answer and what it cost in tokens (from the server's usage report)."""
+
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 class CompletionClient:
@@ -23,14 +33,19 @@ class CompletionClient:
         )
         self.concurrency = concurrency
 
-    def complete(self, model: str, prompt: str | list[dict[str, str]], max_tokens: int) -> str:
+    def complete(self, model: str, prompt: str | list[dict[str, str]], max_tokens: int) -> Completion:
         """Greedy answer to a prompt (completions endpoint) or a conversation (chat endpoint)."""
         try:
             if isinstance(prompt, str):
                 resp = self.client.completions.create(
                     model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.0
                 )
-                return resp.choices[0].text
+                usage = resp.usage
+                return Completion(
+                    resp.choices[0].text,
+                    usage.prompt_tokens if usage else 0,
+                    usage.completion_tokens if usage else 0,
+                )
             chat = self.client.chat.completions.create(
                 model=model,
                 messages=prompt,  # type: ignore[arg-type]
@@ -41,7 +56,12 @@ class CompletionClient:
             raise StageError(
                 f"the server at {self.base_url} refused a request for {model!r}: {exc}"
             ) from None
-        return chat.choices[0].message.content or ""
+        usage = chat.usage
+        return Completion(
+            chat.choices[0].message.content or "",
+            usage.prompt_tokens if usage else 0,
+            usage.completion_tokens if usage else 0,
+        )
 
     def complete_many(
         self,
@@ -49,8 +69,9 @@ class CompletionClient:
         prompts: Sequence[str | list[dict[str, str]]],
         max_tokens: int,
         on_progress: Callable[[int, int], None] | None = None,
-    ) -> list[str]:
-        results: list[str] = [""] * len(prompts)
+    ) -> list[Completion]:
+        """``complete`` for each prompt, ``concurrency`` requests in flight, results in prompt order."""
+        results: list[Completion] = [Completion("")] * len(prompts)
         done = 0
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             futures = {pool.submit(self.complete, model, p, max_tokens): i for i, p in enumerate(prompts)}

@@ -23,11 +23,18 @@ class RegistryParams(BaseModel):
         pattern=r"^[\w-]+$",
         description="Alias of the version that is served. Moving it (MLflow UI or the gate) redeploys.",
     )
+    challenger_alias: str = Field(
+        default="challenger",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\w-]+$",
+        description="Alias a passing version gets when gate.auto_promote is false (for a person to promote).",
+    )
     experiment: str = Field(
         default="loraops", min_length=1, description="MLflow experiment that runs are logged to."
     )
 
-    @field_validator("champion_alias")
+    @field_validator("champion_alias", "challenger_alias")
     @classmethod
     def _not_reserved(cls, value: str) -> str:
         # MLflow reserves these for its own version references.

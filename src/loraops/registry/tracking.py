@@ -96,6 +96,12 @@ class RunHandle:
     def url(self) -> str:
         return self._registry.run_url(self.run_id, self.experiment_id)
 
+    def artifact_uri(self, path: str = "") -> str:
+        """Where an artifact of this run lives (mlflow-artifacts:/... or s3://...)."""
+        with self._registry.errors(f"looking up run {self.run_id}"):
+            root = self._client.get_run(self.run_id).info.artifact_uri.rstrip("/")
+        return f"{root}/{path}" if path else root
+
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log params; nested mappings become dotted keys. MLflow refuses changing a logged param."""
         items = [Param(k, v) for k, v in flatten(params).items()]
@@ -307,6 +313,11 @@ class Registry:
         with self.errors(f"tagging {self.params.model_name} version {version}"):
             for key, value in flatten(tags).items():
                 self.client.set_model_version_tag(self.params.model_name, str(version), key, value)
+
+    def set_version_description(self, version: str, description: str) -> None:
+        """The text the MLflow UI shows on the version page (what an engineer reads before an alias move)."""
+        with self.errors(f"describing {self.params.model_name} version {version}"):
+            self.client.update_model_version(self.params.model_name, str(version), description=description)
 
     def version_by_alias(self, alias: str) -> ModelVersionInfo | None:
         with self.errors(f"looking up alias {alias!r} of {self.params.model_name}"):

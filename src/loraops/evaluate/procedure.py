@@ -1,0 +1,146 @@
+"""The evaluation of one registered version on the running server (the flow's evaluate step).
+
+The candidate is loaded under ``<model>-candidate-v<N>`` and the current champion, the version the
+registry's champion alias names (not whatever the stable name serves), under its immutable name
+``<model>-v<N>``; both are unloaded afterwards unless they were served already. The task is asked of
+base, RAG, champion and candidate; general skills of base and candidate go through lm-eval.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from loraops.errors import ConfigError
+from loraops.evaluate.harness import GROUP, run_lm_eval, write_general_tasks
+from loraops.evaluate.suite import Completer, EvalReport, GeneralEvaluation, evaluate_task, read_jsonl
+
+if TYPE_CHECKING:
+    from loraops.config import Params
+    from loraops.registry.tracking import ModelVersionInfo, Registry
+    from loraops.serving.vllm import VllmClient
+
+
+def version_name(model: str, version: str) -> str:
+    """The immutable served name of one registered version."""
+    return f"{model}-v{version}"
+
+
+def candidate_name(model: str, version: str) -> str:
+    return f"{model}-candidate-v{version}"
+
+
+@contextlib.contextmanager
+def served(server: VllmClient, name: str, path: Callable[[], Path]) -> Iterator[str]:
+    """Serve the adapter at ``path()`` under ``name`` for the block (left alone if already served)."""
+    if server.served_path(name) is not None:
+        yield name
+        return
+    server.load_adapter(name, path())
+    try:
+        yield name
+    finally:
+        server.unload_adapter(name)
+
+
+def general_tasks(params: Params, base_is_built: bool, work_dir: Path) -> tuple[list[str], Path | None]:
+    """The lm-eval tasks of the forgetting check, and the directory of their YAMLs when they are ours."""
+    forgetting = params.evaluate.forgetting
+    if forgetting.tasks:
+        include = Path(forgetting.include_path).resolve() if forgetting.include_path else None
+        return list(forgetting.tasks), include
+    if not base_is_built:
+        raise ConfigError(
+            "evaluate.forgetting.tasks is not set, and the general suite of the built model does not apply "
+            f"to {params.base_model.source}",
+            hint="set evaluate.forgetting.tasks, e.g. [arc_easy, hellaswag] with limit: 200",
+        )
+    from loraops.basemodel.skills import general_suite
+
+    include = work_dir / "lm_eval_tasks"
+    write_general_tasks(
+        general_suite(params.base_model.recipe, params.evaluate.general_per_skill),
+        include,
+        max_tokens=params.evaluate.max_tokens,
+    )
+    return [GROUP], include
+
+
+def evaluate_version(
+    *,
+    server: VllmClient,
+    client: Completer,
+    registry: Registry,
+    params: Params,
+    version: ModelVersionInfo,
+    files: dict[str, Path],
+    base_model: str,
+    work_dir: Path,
+    on_progress: Callable[[str], None] | None = None,
+) -> EvalReport:
+    """Candidate vs base, RAG and the champion on the test split; forgetting with lm-eval."""
+    model = params.registry.model_name
+    base_name = params.base_model.name()
+    champion = registry.champion()
+    if champion is not None and champion.version == version.version:
+        champion = None  # re-evaluating the champion itself: no comparison with itself
+    downloads = work_dir / "adapters"
+    models: dict[str, str] = {"base": base_name}
+    if params.evaluate.rag_k > 0:
+        models["rag"] = base_name
+    tasks, include = general_tasks(params, params.base_model.source == "build", work_dir)
+    base_dir = Path(base_model)
+    tokenizer = str(base_dir) if base_dir.is_dir() else None
+    completions = f"{server.base_url}/v1/completions"
+
+    def download(v: str) -> Callable[[], Path]:
+        return lambda: registry.download_adapter(v, downloads / f"v{v}")
+
+    with contextlib.ExitStack() as stack:
+        models["candidate"] = stack.enter_context(
+            served(server, candidate_name(model, version.version), download(version.version))
+        )
+        if champion is not None:
+            models["champion"] = stack.enter_context(
+                served(server, version_name(model, champion.version), download(champion.version))
+            )
+        task = evaluate_task(
+            client,
+            models=models,
+            test_records=read_jsonl(files["test"]),
+            train_records=read_jsonl(files["train"]),
+            params=params.evaluate,
+            on_progress=on_progress,
+        )
+        general: dict[str, dict[str, list[float]]] = {}
+        for role in ("base", "candidate"):
+            if on_progress is not None:
+                on_progress(f"general skills [{role}: {models[role]}] with lm-eval ({', '.join(tasks)})")
+            general[role] = run_lm_eval(
+                model=models[role],
+                completions_url=completions,
+                tasks=tasks,
+                out_dir=work_dir / "lm_eval" / role,
+                include_path=include,
+                tokenizer=tokenizer,
+                limit=params.evaluate.forgetting.limit,
+                concurrency=params.evaluate.concurrency,
+            )
+    return EvalReport(
+        task,
+        GeneralEvaluation(general["base"], general["candidate"], task.bootstrap),
+        champion.version if champion is not None else None,
+        params.evaluate.samples_in_report,
+    )
+
+
+def summary_line(report: EvalReport) -> str:
+    """One log line: each role's task score with its interval, and the general drop."""
+    parts = [f"{role} {report.task.estimate(role)}" for role in report.roles]
+    return f"task score: {', '.join(parts)}; general drop {report.general.drop()}"
+
+
+def load_report(data: dict[str, Any]) -> EvalReport:
+    return EvalReport.from_json(data)

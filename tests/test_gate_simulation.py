@@ -1,0 +1,94 @@
+"""How often the gate errs at the configured sample size, by simulation.
+
+Method: for each scenario, ``TRIALS`` evaluations are simulated. Two models answer the same ``n``
+examples; each example has a shared difficulty u ~ U(0, 1) and a model with accuracy p is right when
+its draw is below p, where the second model reuses the first model's draw with probability ``rho``
+(how often the two agree for reasons of the example itself: a retrain of the same recipe agrees on
+most examples) and draws afresh otherwise. The gate's check is then applied to the paired bootstrap
+interval exactly as in production (evaluate.stats, gate.decision). A scenario where the check should
+fail sits exactly at its threshold (the hardest case for a false pass); one where it should pass is
+what a trustworthy gate must let through. Both error rates must be at most 5%.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from loraops.config import load_params
+from loraops.evaluate.stats import paired_difference
+from loraops.gate.params import GateParams
+
+TRIALS = 500
+RESAMPLES = 1000
+
+
+def _answers(
+    rng: np.random.Generator, n: int, p_a: float, p_b: float, rho: float
+) -> tuple[np.ndarray, np.ndarray]:
+    first = rng.random(n)
+    second = np.where(rng.random(n) < rho, first, rng.random(n))
+    return (first < p_a).astype(float), (second < p_b).astype(float)
+
+
+def _rate(check, *, n: int, p_a: float, p_b: float, rho: float, seed: int) -> float:
+    """Share of trials in which ``check(paired estimate)`` passes."""
+    rng = np.random.default_rng(seed)
+    passes = 0
+    for trial in range(TRIALS):
+        a, b = _answers(rng, n, p_a, p_b, rho)
+        est = paired_difference(a.tolist(), b.tolist(), resamples=RESAMPLES, seed=trial)
+        passes += bool(check(est))
+    return passes / TRIALS
+
+
+@pytest.fixture(scope="module")
+def gate() -> GateParams:
+    return load_params(ROOT / "params.yaml").gate
+
+
+TEST_EXAMPLES = 67  # the demo's test split (800 generated tickets, 10% test, duplicates removed)
+
+
+@pytest.fixture(scope="module")
+def general_per_task() -> int:
+    return load_params(ROOT / "params.yaml").evaluate.general_per_skill
+
+
+def test_non_inferiority_to_the_champion(gate: GateParams) -> None:
+    margin = gate.non_inferiority_margin
+
+    def check(e):
+        return e.low >= -margin
+
+    # an equally good retrain (agreeing on 90% of the examples) must pass
+    false_fail = 1 - _rate(check, n=TEST_EXAMPLES, p_a=0.9, p_b=0.9, rho=0.9, seed=1)
+    # a candidate worse than the champion by exactly the margin must fail
+    false_pass = _rate(check, n=TEST_EXAMPLES, p_a=0.9 - margin, p_b=0.9, rho=0.9, seed=2)
+    assert false_fail <= 0.05, false_fail
+    assert false_pass <= 0.05, false_pass
+
+
+def test_improvement_over_the_base_model(gate: GateParams) -> None:
+    threshold = gate.min_gain_over_base
+
+    def check(e):
+        return e.low >= threshold
+
+    false_pass = _rate(check, n=TEST_EXAMPLES, p_a=0.1 + threshold, p_b=0.1, rho=0.5, seed=3)
+    false_fail = 1 - _rate(check, n=TEST_EXAMPLES, p_a=0.8, p_b=0.1, rho=0.5, seed=4)
+    assert false_pass <= 0.05, false_pass
+    assert false_fail <= 0.05, false_fail
+
+
+def test_forgetting_of_one_general_task(gate: GateParams, general_per_task: int) -> None:
+    limit = gate.max_skill_drop
+
+    def check(e):  # drop = base - candidate; the check passes when its upper bound is within the limit
+        return e.high <= limit
+
+    false_pass = _rate(check, n=general_per_task, p_a=1.0, p_b=1.0 - limit, rho=0.9, seed=5)
+    false_fail = 1 - _rate(check, n=general_per_task, p_a=1.0, p_b=0.98, rho=0.9, seed=6)
+    assert false_pass <= 0.05, false_pass
+    assert false_fail <= 0.05, false_fail
