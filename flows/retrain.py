@@ -38,11 +38,12 @@ from loraops.evaluate.report import render_report, write_report
 from loraops.evaluate.runner import CompletionClient
 from loraops.evaluate.suite import EvalReport, read_jsonl
 from loraops.gate.decision import GateDecision, decide, gate_inputs
-from loraops.gate.promote import promote_and_wait
+from loraops.gate.judge import RUN_TAG, TrainingFacts
+from loraops.gate.promote import apply_decision
 from loraops.gate.record import record_decision
 from loraops.registry.tracking import MetricStream, ModelVersionInfo, Registry, RunHandle
 from loraops.serving.vllm import VllmClient
-from loraops.stack.local import stack_urls
+from loraops.stack.local import StackUrls, stack_urls
 from loraops.train.preflight import check_training
 from loraops.train.render import parse_metrics_line
 from loraops.train.run import TrainResult, launcher_for, replay_sample, train_adapter
@@ -172,6 +173,7 @@ def evaluate_task(
         files=prepared.files,
         base_model=base_model,
         work_dir=run_dir / "evaluation",
+        cache_dir=ws.cache / "lm_eval",
         on_progress=logger.info,
     )
     logger.info(summary_line(report))
@@ -179,9 +181,9 @@ def evaluate_task(
 
 
 @task(name="gate", cache_policy=NO_CACHE)
-def gate_task(params: Params, report: EvalReport, trained: TrainResult) -> GateDecision:
+def gate_task(params: Params, report: EvalReport, facts: TrainingFacts) -> GateDecision:
     logger = get_run_logger()
-    decision = decide(gate_inputs(report, trained.history), params.gate)
+    decision = decide(gate_inputs(report, facts.history), params.gate)
     for check in decision.checks:
         logger.info(check.line())
     logger.info(decision.summary())
@@ -195,7 +197,7 @@ def report_task(
     version: ModelVersionInfo,
     report: EvalReport,
     decision: GateDecision,
-    trained: TrainResult,
+    facts: TrainingFacts,
     links: dict[str, str],
     out_dir: Path,
 ) -> tuple[Path, BreakEven | None]:
@@ -203,7 +205,7 @@ def report_task(
     economics = None
     if "rag" in report.task.runs:
         economics = break_even(
-            training_usd=trained.cost.usd if trained.cost else 0.0,
+            training_usd=facts.cost_usd,
             adapter_tokens=report.task.runs["candidate"].mean_tokens(),
             rag_tokens=report.task.runs["rag"].mean_tokens(),
             prices=params.cost,
@@ -213,7 +215,7 @@ def report_task(
         "report": report.to_json(),
         "gate": decision.to_json(),
         "economics": economics.to_json() if economics else None,
-        "history": trained.history,
+        "history": facts.history,
     }
     (out_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=1, default=str))
     with (out_dir / "examples.jsonl").open("w", encoding="utf-8") as fh:
@@ -223,10 +225,10 @@ def report_task(
         report,
         title=f"{version.name} version {version.version}",
         decision=decision.to_json(),
-        history=trained.history,
+        history=facts.history,
         economics=economics,
         links=links,
-        train_summary={**trained.run_tags(), "wall time": f"{trained.duration_s:.0f} s"},
+        train_summary=facts.summary,
     )
     path = write_report(html, out_dir / "report.html")
     run.log_artifacts(out_dir, "evaluation")
@@ -316,49 +318,98 @@ def retrain(
         if not evaluate:
             return registered
 
-        report = evaluate_task(ws, params, registry, version, prepared, base_model, run_dir)
-        run.log_metrics(report.metrics())
-        decision = gate_task(params, report, trained)
-        links = {"run": registry.run_url(run.run_id), "version": registry.version_url(version.version)}
-        report_path, economics = report_task(
-            params, run, version, report, decision, trained, links, run_dir / "evaluation-files"
+        judged = judge_version(
+            ws, params, registry, run, version, prepared, base_model, run_dir, TrainingFacts.of(trained)
         )
-        if economics is not None:
-            run.log_metrics({"economics.break_even_days": min(economics.days, 1e9)})
-            logger.info("cost: %s", economics.statement())
-        report_uri = run.artifact_uri("evaluation/report.html")
-        record_decision(
-            registry,
-            version.version,
-            decision,
-            report,
-            report_uri=report_uri,
-            cost=trained.cost.summary() if trained.cost else None,
-        )
-        registry.tag_version(version.version, {"report.local": str(report_path)})
 
-        served = None
-        alias = None
-        if decision.passed and params.gate.auto_promote:
-            served = promote_and_wait(registry, params, version, urls)
-            alias = params.registry.champion_alias
-            logger.info("%s now serves version %s", params.registry.model_name, version.version)
-        elif decision.passed:
-            alias = params.registry.challenger_alias
-            registry.set_alias(alias, version.version)
-            logger.info("version %s passed: alias %s (auto_promote is off)", version.version, alias)
+    return {**registered, **judged}
 
+
+def judge_version(
+    ws: Workspace,
+    params: Params,
+    registry: Registry,
+    run: RunHandle,
+    version: ModelVersionInfo,
+    prepared: PrepareResult,
+    base_model: str,
+    run_dir: Path,
+    facts: TrainingFacts,
+) -> dict[str, Any]:
+    """evaluate -> gate -> report -> record on the version -> promote (on pass): the flows' common end."""
+    logger = get_run_logger()
+    urls = stack_urls(params)
+    report = evaluate_task(ws, params, registry, version, prepared, base_model, run_dir)
+    run.log_metrics(report.metrics())
+    decision = gate_task(params, report, facts)
+    links = {"run": registry.run_url(run.run_id), "version": registry.version_url(version.version)}
+    report_path, economics = report_task(
+        params, run, version, report, decision, facts, links, run_dir / "evaluation-files"
+    )
+    if economics is not None:
+        run.log_metrics({"economics.break_even_days": min(economics.days, 1e9)})
+        logger.info("cost: %s", economics.statement())
+    record_decision(
+        registry,
+        version.version,
+        decision,
+        report,
+        report_uri=run.artifact_uri("evaluation/report.html"),
+        cost=facts.cost_summary,
+    )
+    registry.tag_version(version.version, {"report.local": str(report_path), RUN_TAG: run.run_id})
+    alias, served = promote_task(registry, params, version, decision, urls)
     return {
-        **registered,
         "gate": decision.to_json(),
         "gate_summary": decision.summary(),
         "gate_lines": [c.line() for c in decision.checks],
-        "promoted": decision.passed and params.gate.auto_promote,
+        "promoted": alias == params.registry.champion_alias,
         "alias": alias,
         "served_path": served,
         "scores": report.metrics(),
         "report": str(report_path),
         "economics": economics.statement() if economics else None,
+    }
+
+
+@task(name="promote", cache_policy=NO_CACHE)
+def promote_task(
+    registry: Registry, params: Params, version: ModelVersionInfo, decision: GateDecision, urls: StackUrls
+) -> tuple[str | None, str | None]:
+    logger = get_run_logger()
+    alias, served = apply_decision(registry, params, version, decision.passed, urls)
+    if alias == params.registry.champion_alias:
+        logger.info("%s now serves version %s", params.registry.model_name, version.version)
+    elif alias is not None:
+        logger.info("version %s passed: alias %s (gate.auto_promote is off)", version.version, alias)
+    else:
+        logger.info("version %s was not promoted: %s", version.version, decision.summary())
+    return alias, served
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate(workspace: str | None = None, version: str = "") -> dict[str, Any]:
+    """Evaluate, gate and (on pass) promote an already registered version, on the current test split:
+    a version registered from outside loraops, or a re-run after the data or the thresholds changed."""
+    ws = Workspace.from_env(workspace)
+    ws.ensure()
+    params = load_params(ws.params_file)
+    urls = stack_urls(params)
+    base_model = resolve_base_model(params.base_model.source, params.base_model.recipe, ws.models)
+    prepared = prepare_task(ws, params, base_model)
+    registry = Registry(urls.mlflow, params.registry)
+    info = registry.get_version(version)
+    facts = TrainingFacts.from_run(registry, info.run_id)
+    run_dir = ws.runs / f"evaluate-v{info.version}-{time.strftime('%Y%m%d-%H%M%S')}"
+    with registry.run(run_name=f"evaluate-v{info.version}", tags={"evaluated_version": info.version}) as run:
+        judged = judge_version(ws, params, registry, run, info, prepared, base_model, run_dir, facts)
+    return {
+        "model_name": info.name,
+        "version": info.version,
+        "run_id": run.run_id,
+        "run_url": registry.run_url(run.run_id),
+        "version_url": registry.version_url(info.version),
+        **judged,
     }
 
 

@@ -118,14 +118,34 @@ def _quiet_known_errors() -> None:
             handler.addFilter(quiet)
 
 
-def _run_flow(ws: Workspace, **flow_args: Any) -> dict[str, Any]:
+def _run_flow(ws: Workspace, flow: str = "retrain", **flow_args: Any) -> dict[str, Any]:
     from loraops.flows import load_flow
 
     _quiet_known_errors()
 
-    retrain = load_flow("retrain")
-    result: dict[str, Any] = retrain(workspace=str(ws.root), **flow_args)
+    run = load_flow("retrain", flow)
+    result: dict[str, Any] = run(workspace=str(ws.root), **flow_args)
     return result
+
+
+def _print_judgement(result: dict[str, Any]) -> None:
+    """The gate's verdict, each check, the cost comparison, where the report is, what moved."""
+    print()
+    print(f"== gate: {result['gate_summary']}")
+    for line in result["gate_lines"]:
+        print(f"   {line}")
+    if result.get("economics"):
+        print(f"== cost: {result['economics']}")
+    print(f"== report: {result['report']}")
+    if result.get("alias") and not result["promoted"]:
+        print(f"== version {result['version']} is now {result['alias']!r}: promote it in the MLflow UI")
+
+
+def _require_server(urls: Any) -> None:
+    from loraops.stack.process import http_ok
+
+    if not http_ok(urls.server + "/health"):
+        raise StackError(f"no model server answers at {urls.endpoint}", hint="run `loraops up` first")
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -199,28 +219,18 @@ def _example_request(ws: Workspace, params: Any) -> tuple[str, list[dict[str, st
 
 def cmd_retrain(args: argparse.Namespace, *, show_answer: bool = True) -> int:
     from loraops.stack import local
-    from loraops.stack.process import http_ok
 
     ws = _workspace(args)
     params = _params(ws)
     urls = local.stack_urls(params)
-    if not http_ok(urls.server + "/health"):
-        raise StackError(f"no model server answers at {urls.endpoint}", hint="run `loraops up` first")
+    _require_server(urls)
     _use_prefect(urls)
     say("running the retrain flow (progress below; also in the Prefect UI)")
     result = _run_flow(ws, skip_if_unchanged=getattr(args, "skip_if_unchanged", False))
     if result.get("skipped"):
         print(f"== skipped: data {result['data_version']} unchanged, already in version {result['version']}")
         return 0
-    print()
-    print(f"== gate: {result['gate_summary']}")
-    for line in result["gate_lines"]:
-        print(f"   {line}")
-    if result.get("economics"):
-        print(f"== cost: {result['economics']}")
-    print(f"== report: {result['report']}")
-    if result.get("alias") and not result["promoted"]:
-        print(f"== version {result['version']} is now {result['alias']!r}: promote it in the MLflow UI")
+    _print_judgement(result)
     print(f"== registered {result['model_name']} version {result['version']} (data {result['data_version']})")
     print(f"   run    : {result['run_url']}")
     print(f"   version: {result['version_url']}")
@@ -236,7 +246,138 @@ def cmd_retrain(args: argparse.Namespace, *, show_answer: bool = True) -> int:
         print(f"   {base!r} (base model) -> {_ask(urls.endpoint, base, messages)}")
     print("== services (still running; `make down` stops them)")
     _print_urls(urls)
-    return 0 if result["promoted"] else GATE_REFUSED
+    return 0 if result["gate"]["passed"] else GATE_REFUSED
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate, gate and (on pass) promote a registered version on the current test split."""
+    from loraops.stack import local
+
+    ws = _workspace(args)
+    params = _params(ws)
+    urls = local.stack_urls(params)
+    _require_server(urls)
+    _use_prefect(urls)
+    say(f"evaluating {params.registry.model_name} version {args.version} (progress below; also in Prefect)")
+    result = _run_flow(ws, "evaluate", version=str(args.version))
+    _print_judgement(result)
+    print(f"   run    : {result['run_url']}")
+    print(f"   version: {result['version_url']}")
+    return 0 if result["gate"]["passed"] else GATE_REFUSED
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    """Register an adapter trained elsewhere as a new version (checked first: safetensors, rank, targets)."""
+    from pathlib import Path
+
+    from loraops.registry.tracking import Registry
+    from loraops.serving.adapters import check_adapter_dir
+    from loraops.stack import local
+
+    ws = _workspace(args)
+    params = _params(ws)
+    urls = local.stack_urls(params)
+    adapter = Path(args.adapter_dir).resolve()
+    info = check_adapter_dir(adapter, max_lora_rank=params.serving.max_lora_rank)
+    registry = Registry(urls.mlflow, params.registry)
+    tags = {"source": "external", "adapter.path": str(adapter), "adapter.rank": str(info.rank)}
+    if args.base_model:
+        tags["base_model"] = args.base_model
+    with registry.run(run_name=f"register-{adapter.name}", tags=tags) as run:
+        run.log_artifacts(adapter, "adapter")
+        version = registry.register_adapter(run.run_id, "adapter", tags=tags)
+    print(f"registered {version.name} version {version.version} from {adapter}")
+    print(f"   evaluate and gate it: loraops evaluate {version.version}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Print the path of a version's HTML report (downloaded from MLflow when not on this machine)."""
+    from pathlib import Path
+
+    from loraops.gate.judge import evaluation_run
+    from loraops.registry.tracking import Registry
+    from loraops.stack import local
+
+    ws = _workspace(args)
+    params = _params(ws)
+    registry = Registry(local.stack_urls(params).mlflow, params.registry)
+    version = registry.get_version(str(args.version))
+    local_copy = version.tags.get("report.local")
+    if local_copy and Path(local_copy).is_file():
+        print(local_copy)
+        return 0
+    dest = ws.state / "reports" / f"v{version.version}"
+    print(registry.download_run_file(evaluation_run(version), "evaluation/report.html", dest))
+    return 0
+
+
+def cmd_review_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from loraops.gate.review import export_csv
+
+    ws = _workspace(args)
+    _registry, version, stored = _stored_evaluation(ws, args.version)
+    out = Path(args.out) if args.out else ws.state / "reviews" / f"{version.name}-v{version.version}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(export_csv(stored.report, args.n), encoding="utf-8")
+    print(out)
+    print(
+        "   fill in the verdict column (approve / reject), then: "
+        f"loraops review import {version.version} {out}"
+    )
+    return 0
+
+
+def cmd_review_import(args: argparse.Namespace) -> int:
+    """Record the experts' verdicts on the version, judge it again, and promote it if it passes now."""
+    from pathlib import Path
+
+    from loraops.gate.judge import rejudge
+    from loraops.gate.promote import apply_decision
+    from loraops.gate.record import version_tags
+    from loraops.gate.review import read_verdicts
+    from loraops.stack import local
+
+    ws = _workspace(args)
+    params = _params(ws)
+    registry, version, stored = _stored_evaluation(ws, args.version)
+    sheet = read_verdicts(Path(args.file))
+    review = sheet.review
+    registry.tag_version(
+        version.version,
+        {
+            "review.approved": review.approved,
+            "review.reviewed": review.reviewed,
+            "review.share": f"{review.share:.3f}",
+        },
+    )
+    registry.attach(stored.run_id).log_artifact(Path(args.file), "review")
+    decision = rejudge(stored, params.gate, review)
+    registry.tag_version(version.version, version_tags(decision, version.tags.get("report")))
+    print(f"review: {review.approved} of {review.reviewed} approved ({review.share:.0%})")
+    print(f"== gate: {decision.summary()}")
+    for check in decision.checks:
+        print(f"   {check.line()}")
+    if not params.gate.require_review:
+        print("== recorded (gate.require_review is off, so the review does not move any alias)")
+        return 0 if decision.passed else GATE_REFUSED
+    alias, _ = apply_decision(registry, params, version, decision.passed, local.stack_urls(params))
+    if alias:
+        print(f"== {params.registry.model_name}@{alias} -> version {version.version}")
+    return 0 if decision.passed else GATE_REFUSED
+
+
+def _stored_evaluation(ws: Workspace, version: str) -> tuple[Any, Any, Any]:
+    from loraops.gate.judge import load_evaluation
+    from loraops.registry.tracking import Registry
+    from loraops.stack import local
+
+    params = _params(ws)
+    registry = Registry(local.stack_urls(params).mlflow, params.registry)
+    info = registry.get_version(str(version))
+    return registry, info, load_evaluation(registry, info, ws.state / "evaluations")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -368,6 +509,33 @@ def build_parser() -> argparse.ArgumentParser:
     schedule = sub.add_parser("schedule", help="run the retrain flow on a cron schedule (Prefect deployment)")
     schedule.add_argument("--cron", default="0 3 * * *", help="cron expression (default: 03:00 daily)")
     schedule.set_defaults(func=cmd_schedule)
+    evaluate = sub.add_parser(
+        "evaluate", help="evaluate, gate and (on pass) promote a registered version on the current test split"
+    )
+    evaluate.add_argument("version", type=int)
+    evaluate.set_defaults(func=cmd_evaluate)
+    register = sub.add_parser(
+        "register", help="register an adapter directory trained elsewhere as a new version"
+    )
+    register.add_argument("adapter_dir", help="a PEFT LoRA directory (adapter_config.json + safetensors)")
+    register.add_argument("--base-model", help="the base model it was trained on (recorded as a tag)")
+    register.set_defaults(func=cmd_register)
+    report = sub.add_parser("report", help="print the path of a version's HTML evaluation report")
+    report.add_argument("version", type=int)
+    report.set_defaults(func=cmd_report)
+    review = sub.add_parser("review", help="expert review of a version's answers (CSV out, verdicts in)")
+    review_sub = review.add_subparsers(dest="review_command", required=True)
+    review_export = review_sub.add_parser("export", help="write a CSV of sampled answers to review")
+    review_export.add_argument("version", type=int)
+    review_export.add_argument("-n", type=int, default=None, help="examples to sample (default: 15%%, >= 10)")
+    review_export.add_argument("--out", help="CSV path (default: .loraops/reviews/MODEL-vN.csv)")
+    review_export.set_defaults(func=cmd_review_export)
+    review_import = review_sub.add_parser(
+        "import", help="read the verdicts back, judge again, promote on pass"
+    )
+    review_import.add_argument("version", type=int)
+    review_import.add_argument("file", help="the filled-in CSV")
+    review_import.set_defaults(func=cmd_review_import)
     promote = sub.add_parser("promote", help="point the champion alias at a model version (also: MLflow UI)")
     promote.add_argument("version", type=int)
     promote.set_defaults(func=cmd_promote)
@@ -381,6 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -9,6 +9,8 @@ base, RAG, champion and candidate; general skills of base and candidate go throu
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,6 +70,16 @@ def general_tasks(params: Params, base_is_built: bool, work_dir: Path) -> tuple[
     return [GROUP], include
 
 
+def cache_key(base_model: str, tasks: list[str], include: Path | None, limit: int | None) -> str:
+    """Names what a base model's lm-eval scores depend on: the model, the tasks and their files, the limit."""
+    digest = hashlib.sha256(json.dumps([base_model, sorted(tasks), limit]).encode())
+    if include is not None:
+        for path in sorted(p for p in include.rglob("*") if p.is_file()):
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def evaluate_version(
     *,
     server: VllmClient,
@@ -78,9 +90,13 @@ def evaluate_version(
     files: dict[str, Path],
     base_model: str,
     work_dir: Path,
+    cache_dir: Path | None = None,
     on_progress: Callable[[str], None] | None = None,
 ) -> EvalReport:
-    """Candidate vs base, RAG and the champion on the test split; forgetting with lm-eval."""
+    """Candidate vs base, RAG and the champion on the test split; forgetting with lm-eval.
+
+    ``cache_dir`` keeps the base model's general scores, keyed by the base model, the tasks (their
+    files' content) and the limit, so that retrains do not measure the same base model again."""
     model = params.registry.model_name
     base_name = params.base_model.name()
     champion = registry.champion()
@@ -115,7 +131,16 @@ def evaluate_version(
             on_progress=on_progress,
         )
         general: dict[str, dict[str, list[float]]] = {}
+        # The base model's general scores change only with the base model and the tasks: measured once.
+        base_key = cache_key(base_model, tasks, include, params.evaluate.forgetting.limit)
+        cached = cache_dir / f"base-{base_key}.json" if cache_dir is not None else None
+        if cached is not None and cached.is_file():
+            general["base"] = json.loads(cached.read_text("utf-8"))
+            if on_progress is not None:
+                on_progress(f"general skills [base: {base_name}]: measured before ({cached.name})")
         for role in ("base", "candidate"):
+            if role in general:
+                continue
             if on_progress is not None:
                 on_progress(f"general skills [{role}: {models[role]}] with lm-eval ({', '.join(tasks)})")
             general[role] = run_lm_eval(
@@ -128,6 +153,9 @@ def evaluate_version(
                 limit=params.evaluate.forgetting.limit,
                 concurrency=params.evaluate.concurrency,
             )
+        if cached is not None and not cached.is_file():
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            cached.write_text(json.dumps(general["base"]), encoding="utf-8")
     return EvalReport(
         task,
         GeneralEvaluation(general["base"], general["candidate"], task.bootstrap),

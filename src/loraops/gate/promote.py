@@ -52,3 +52,16 @@ def promote_and_wait(
         f"version {version.version} passed the gate but the server did not load it: {error}",
         hint=f"the alias was moved back; see .loraops/logs/sync.log and {urls.sync}/status",
     )
+
+
+def apply_decision(
+    registry: Registry, params: Params, version: ModelVersionInfo, passed: bool, urls: StackUrls
+) -> tuple[str | None, str | None]:
+    """What a decision does: a pass moves champion (and waits until it is served) when gate.auto_promote,
+    else the challenger alias; a refusal moves nothing. Returns (alias moved, served adapter path)."""
+    if not passed:
+        return None, None
+    if params.gate.auto_promote:
+        return params.registry.champion_alias, promote_and_wait(registry, params, version, urls)
+    registry.set_alias(params.registry.challenger_alias, version.version)
+    return params.registry.challenger_alias, None

@@ -378,6 +378,18 @@ class Registry:
             shutil.rmtree(tmp, ignore_errors=True)
         return dest
 
+    def download_run_file(self, run_id: str, path: str, dest_dir: Path) -> Path:
+        """One artifact file of a run, downloaded into ``dest_dir``."""
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        with self.errors(f"downloading {path} of run {run_id}"):
+            return Path(self.client.download_artifacts(run_id, path, str(dest_dir)))
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """(step, value) of a run's metric, in step order."""
+        with self.errors(f"reading metric {key} of run {run_id}"):
+            found = self.client.get_metric_history(run_id, key)
+        return sorted((m.step, m.value) for m in found)
+
     # -- links ------------------------------------------------------------------------------------------
 
     def run_url(self, run_id: str, experiment_id: str | None = None) -> str:
