@@ -8,11 +8,16 @@ Steps:
  3. train      render the Axolotl config (preset + params.yaml) and train the adapter with the launcher
                of train.launcher: local (resumable from checkpoints) or a SageMaker training job
  4. register   log the run to MLflow and register the adapter as a new model version
- 5. evaluate   candidate vs base (and champion) on the test split, and forgetting on the general suite,
-               all through the running vLLM server
- 6. gate       pure decision from the scores and the thresholds in params.yaml
- 7. promote    on pass, move the champion alias; the alias sync hook makes vLLM serve the new adapter
-               under the stable name without a restart
+ 5. evaluate   through the running vLLM server: candidate vs base, RAG (BM25) and the champion (from
+               the registry alias) on the test split, every score per example with bootstrap intervals;
+               forgetting of the general tasks with lm-evaluation-harness
+ 6. gate       pure decision on interval bounds (gain, non-inferiority, forgetting, overfitting, review)
+ 7. report     HTML report with plots, evaluation.json and examples.jsonl on the run; the decision on
+               the model version (tags, description)
+ 8. promote    on pass, move the champion alias (or challenger, with gate.auto_promote: false); the alias
+               sync hook makes vLLM serve the new adapter under the stable name without a restart
+
+The `evaluate` flow runs steps 5-8 for a version that is already registered.
 """
 
 from __future__ import annotations

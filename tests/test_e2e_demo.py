@@ -75,10 +75,11 @@ class Demo:
         return MlflowClient(tracking_uri=self.mlflow, registry_uri=self.mlflow)
 
     def artifact(self, run_id: str, path: str) -> Path:
-        dest = self.ws / ".loraops" / "test-downloads" / run_id
+        dest = self.ws / ".loraops" / "test-downloads" / run_id / path.replace("/", "_")
         dest.mkdir(parents=True, exist_ok=True)
-        self.client().download_artifacts(run_id, path, str(dest))
-        return dest / path
+        got = Path(self.client().download_artifacts(run_id, path, str(dest)))
+        # MLflow answers with the downloaded path; where a directory lands has varied between calls
+        return next(p for p in (dest / path, got, dest / Path(path).name) if p.exists())
 
     def artifact_of_version(self, version: str, path: str) -> Path:
         info = self.client().get_model_version(self.model, version)
