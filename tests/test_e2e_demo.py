@@ -188,9 +188,8 @@ def test_the_same_recipe_gives_the_same_adapter_and_the_same_decision(demo: tupl
 
 def test_a_noop_adapter_fails_on_improvement_over_the_base(demo: tuple[Demo, str], tmp_path: Path) -> None:
     d, _ = demo
-    noop = zero_lora_b(
-        d.artifact(d.client().get_model_version(d.model, "1").run_id, "adapter").parent, tmp_path
-    )
+    v1 = d.client().get_model_version(d.model, "1")
+    noop = zero_lora_b(d.artifact(v1.run_id, "adapter"), tmp_path / "noop")
     registered = run_cli(d.ws, "register", str(noop))
     assert registered.returncode == 0, registered.stderr
     evaluated = run_cli(d.ws, "evaluate", "3")
