@@ -77,7 +77,7 @@ def bare_axolotl(config: Path, log: Path) -> float:
 
 def mlflow_server(state: Path) -> tuple[str, Callable[[], None]]:
     from loraops.registry.server import mlflow_service_spec
-    from loraops.stack.process import ServiceManager, free_port
+    from loraops.services import ServiceManager, free_port
 
     manager = ServiceManager(state)
     port = free_port()
@@ -86,7 +86,7 @@ def mlflow_server(state: Path) -> tuple[str, Callable[[], None]]:
 
 
 def moto_server(log: Path) -> tuple[str, Callable[[], None]]:
-    from loraops.stack.process import free_port, http_ok
+    from loraops.services import free_port, http_ok
 
     port = free_port()
     proc = subprocess.Popen(

@@ -38,7 +38,12 @@ from loraops.data.versioning import DataVersion, version_data
 from loraops.envs import repo_root
 from loraops.errors import ConfigError
 from loraops.evaluate.economics import BreakEven, break_even
-from loraops.evaluate.procedure import evaluate_version, general_tasks, summary_line
+from loraops.evaluate.procedure import (
+    canary_from_evaluation,
+    evaluate_version,
+    general_tasks,
+    summary_line,
+)
 from loraops.evaluate.report import render_report, write_report
 from loraops.evaluate.runner import CompletionClient
 from loraops.evaluate.suite import EvalReport, read_jsonl
@@ -47,8 +52,8 @@ from loraops.gate.judge import RUN_TAG, TrainingFacts
 from loraops.gate.promote import apply_decision
 from loraops.gate.record import record_decision
 from loraops.registry.tracking import MetricStream, ModelVersionInfo, Registry, RunHandle
-from loraops.serving.vllm import VllmClient
-from loraops.stack.local import StackUrls, stack_urls
+from loraops.serving.policy import CANARY_TAG
+from loraops.stack.local import StackUrls, serving_credentials, stack_urls, vllm_client
 from loraops.train.preflight import check_training
 from loraops.train.render import parse_metrics_line
 from loraops.train.run import TrainResult, launcher_for, replay_sample, train_adapter
@@ -167,10 +172,14 @@ def evaluate_task(
 ) -> EvalReport:
     logger = get_run_logger()
     urls = stack_urls(params)
+    server = vllm_client(ws, params)
     report = evaluate_version(
-        server=VllmClient(urls.server),
+        server=server,
         client=CompletionClient(
-            urls.server, timeout_s=params.evaluate.request_timeout_s, concurrency=params.evaluate.concurrency
+            urls.server,
+            timeout_s=params.evaluate.request_timeout_s,
+            concurrency=params.evaluate.concurrency,
+            api_key=server.api_key,
         ),
         registry=registry,
         params=params,
@@ -362,8 +371,13 @@ def judge_version(
         report_uri=run.artifact_uri("evaluation/report.html"),
         cost=facts.cost_summary,
     )
-    registry.tag_version(version.version, {"report.local": str(report_path), RUN_TAG: run.run_id})
-    alias, served = promote_task(registry, params, version, decision, urls)
+    canary = canary_from_evaluation(report, prepared.files["test"], params.evaluate)
+    registry.tag_version(
+        version.version,
+        {"report.local": str(report_path), RUN_TAG: run.run_id, CANARY_TAG: canary.to_tag()},
+    )
+    token = serving_credentials(ws, params).admin_token
+    alias, served = promote_task(registry, params, version, decision, urls, token)
     return {
         "gate": decision.to_json(),
         "gate_summary": decision.summary(),
@@ -379,10 +393,15 @@ def judge_version(
 
 @task(name="promote", cache_policy=NO_CACHE)
 def promote_task(
-    registry: Registry, params: Params, version: ModelVersionInfo, decision: GateDecision, urls: StackUrls
+    registry: Registry,
+    params: Params,
+    version: ModelVersionInfo,
+    decision: GateDecision,
+    urls: StackUrls,
+    token: str,
 ) -> tuple[str | None, str | None]:
     logger = get_run_logger()
-    alias, served = apply_decision(registry, params, version, decision.passed, urls)
+    alias, served = apply_decision(registry, params, version, decision.passed, urls, token)
     if alias == params.registry.champion_alias:
         logger.info("%s now serves version %s", params.registry.model_name, version.version)
     elif alias is not None:

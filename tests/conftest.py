@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loraops.stack.process import free_port
+from loraops.services import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 # The base model is content-addressed by its recipe, so tests share the repo's cache with `make demo`:

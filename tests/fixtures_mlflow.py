@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from loraops.registry.server import mlflow_service_spec
-from loraops.stack.process import ServiceManager, free_port
+from loraops.services import ServiceManager, free_port
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from loraops.stack.process import free_port, http_ok
+from loraops.services import free_port, http_ok
 
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",

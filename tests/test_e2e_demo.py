@@ -23,8 +23,8 @@ from loraops.data.demo import as_chat
 from loraops.evaluate.metrics import first_json_object
 from loraops.evaluate.suite import question_of, reference_of
 from loraops.gate.promote import sync_status
+from loraops.services import ServiceManager
 from loraops.serving.vllm import VllmClient
-from loraops.stack.process import ServiceManager
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -36,7 +36,7 @@ def _wait_served(d: Demo, version: str, timeout_s: float = 60) -> dict:
     deadline = time.monotonic() + timeout_s
     status: dict = {}
     while time.monotonic() < deadline:
-        status = sync_status(sync)
+        status = sync_status(sync, d.admin_token)
         if str(status.get("served_version")) == version:
             return status
         time.sleep(0.5)
@@ -51,8 +51,16 @@ class Demo:
         self.mlflow = f"http://127.0.0.1:{self.params['stack']['mlflow_port']}"
         self.model = self.params["registry"]["model_name"]
 
+    @property
+    def api_key(self) -> str:
+        return (self.ws / ".loraops" / "vllm-api.key").read_text().strip()
+
+    @property
+    def admin_token(self) -> str:
+        return (self.ws / ".loraops" / "vllm-admin.token").read_text().strip()
+
     def ask(self, model: str, content: str) -> str:
-        client = OpenAI(base_url=self.endpoint, api_key="test")
+        client = OpenAI(base_url=self.endpoint, api_key=self.api_key)
         resp = client.chat.completions.create(
             model=model, messages=[{"role": "user", "content": content}], max_tokens=48, temperature=0
         )
@@ -282,7 +290,7 @@ def test_chat_data_trains_and_evaluates_through_the_flow_and_rollback_hot_swaps(
         promote = run_cli(d.ws, "promote", version)
         assert promote.returncode == 0, promote.stderr
         status = _wait_served(d, version)
-    served = {m.id: m.root for m in VllmClient(d.endpoint.removesuffix("/v1")).models()}
+    served = {m.id: m.root for m in VllmClient(d.endpoint, api_key=d.api_key).models()}
     assert served[d.model] == status["served_path"]
     assert first_json_object(d.ask(d.model, d.test_prompt())) is not None
     assert d.vllm_pid() == pid, "the server was restarted"

@@ -1,3 +1,4 @@
+import os
 import socket
 import sys
 from pathlib import Path
@@ -5,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from loraops.errors import StackError
-from loraops.stack.process import ServiceManager, ServiceSpec, free_port, http_ok, port_is_free
+from loraops.services import ServiceManager, ServiceSpec, free_port, http_ok, port_is_free
 
 
 def _http_server_spec(port: int) -> ServiceSpec:
@@ -49,6 +50,26 @@ def test_a_service_running_with_other_settings_is_restarted(tmp_path: Path):
     finally:
         manager.stop("web")
     assert port_is_free(port)
+
+
+def test_the_callers_environment_is_not_a_reason_to_restart(tmp_path: Path, monkeypatch):
+    events: list[str] = []
+    manager = ServiceManager(tmp_path, on_event=events.append)
+    port = free_port()
+    spec = _http_server_spec(port)
+    spec.env = {"LORAOPS_SERVICE_SETTING": "1"}
+    first = manager.start(spec)
+    try:
+        monkeypatch.setenv("SOME_UNRELATED_VARIABLE", "changed")
+        monkeypatch.setenv("PATH", "/nowhere:" + os.environ["PATH"])
+        assert manager.start(spec).pid == first.pid
+        assert events == ["starting web"]
+        spec.env = {"LORAOPS_SERVICE_SETTING": "2"}  # the service's own variable: a real change
+        second = manager.start(spec)
+        assert second.pid != first.pid
+        assert events[-1].startswith("restarting web: its settings changed")
+    finally:
+        manager.stop("web")
 
 
 def test_busy_port_gives_a_clear_error_naming_the_key(tmp_path: Path):

@@ -16,7 +16,7 @@ from loraops.errors import StackError, StageError
 from loraops.registry.params import RegistryParams
 from loraops.registry.server import mlflow_service_spec, webhook_encryption_key
 from loraops.registry.tracking import Registry, flatten
-from loraops.stack.process import free_port
+from loraops.services import free_port
 
 if TYPE_CHECKING:
     from fixtures_mlflow import MlflowServer
@@ -233,7 +233,10 @@ def test_ensure_webhook_is_idempotent_per_url(mlflow_server: MlflowServer):
         registry.ensure_webhook(url, "s2")
         hooks = mine()
         assert len(hooks) == 1
-        assert [str(e) for e in hooks[0].events] == ["model_version_alias.created"]
+        assert [str(e) for e in hooks[0].events] == [
+            "model_version_alias.created",
+            "model_version_alias.deleted",
+        ]
         assert str(hooks[0].status) == "ACTIVE"
         # A duplicate made by hand is removed on the next ensure.
         registry.client.create_webhook("dup", url, events=["model_version_alias.created"], secret="x")

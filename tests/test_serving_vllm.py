@@ -5,20 +5,26 @@ the served adapter alone.
 
 from __future__ import annotations
 
+import array
 import json
 import shutil
 import struct
+import threading
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from openai import NotFoundError, OpenAI
+from openai import AuthenticationError, NotFoundError, OpenAI
 from pydantic import ValidationError
 
 from loraops.envs import PythonEnv
 from loraops.errors import StageError
 from loraops.prompts import alpaca_prompt
+from loraops.services import ServiceManager, free_port, http_ok
 from loraops.serving.adapters import base_weight_names, check_adapter_dir, model_key, safetensors_keys
 from loraops.serving.params import ServingParams
 from loraops.serving.vllm import (
@@ -29,10 +35,11 @@ from loraops.serving.vllm import (
     server_env_vars,
     vllm_service_spec,
 )
-from loraops.stack.process import ServiceManager, free_port, http_ok
 
 STABLE = "support-triage"
 BASE = "tiny-base"
+API_KEY = "api-key-for-tests"
+ADMIN_TOKEN = "admin-token-for-tests"
 
 # -- params and launch command ----------------------------------------------------------------------------
 
@@ -44,7 +51,7 @@ def test_defaults_are_valid_and_cpu_safe():
         2,
         "float32",
         False,
-        "reload",
+        "inplace",
     )
 
 
@@ -112,7 +119,7 @@ def test_gpu_preset_is_valid():
     root = Path(__file__).resolve().parents[1]
     preset = yaml.safe_load((root / "serving" / "params-gpu.yaml").read_text())
     p = ServingParams.model_validate(preset["serving"])
-    assert p.enable_prefix_caching and p.swap == "reload"
+    assert p.enable_prefix_caching and p.swap == "inplace"
     assert "--gpu-memory-utilization" in server_args("/m", "b", p, "cuda")
 
 
@@ -137,6 +144,14 @@ def test_service_spec():
     assert spec.env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
     assert spec.env["HF_HUB_OFFLINE"] == "1"
     assert spec.env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    assert "PATH" not in spec.env and "HOME" not in spec.env  # the caller's environment is not fingerprinted
+    assert [str(p) for p in spec.path_prefix] == [cmd[0].removesuffix("/python")]
+    # without an admin token file nobody may load or unload adapters; with one, only its holder
+    assert cmd[-2:] == ["--middleware", "loraops.serving.vllm_plugin.AdminGuard"]
+    assert spec.env["LORAOPS_VLLM_ADMIN_TOKEN_FILE"] == "" and "VLLM_API_KEY" not in spec.env
+    secured = vllm_service_spec("/models/tiny", BASE, p, api_key="k", admin_token_file=Path("/s/admin"))
+    assert secured.env["VLLM_API_KEY"] == "k" and secured.env["LORAOPS_VLLM_ADMIN_TOKEN_FILE"] == "/s/admin"
+    assert "k" not in [str(c) for c in secured.command]  # the key is not on the command line (ps shows it)
 
 
 def test_unreachable_server_names_the_url():
@@ -284,10 +299,13 @@ def server(
 ) -> Iterator[VllmClient]:
     model_dir, _ = tiny_model
     params = ServingParams(port=free_port(), max_model_len=512)
-    manager = ServiceManager(tmp_path_factory.mktemp("vllm-state"))
-    manager.start(vllm_service_spec(str(model_dir), BASE, params))
+    state = tmp_path_factory.mktemp("vllm-state")
+    admin = state / "admin.token"
+    admin.write_text(ADMIN_TOKEN)
+    manager = ServiceManager(state)
+    manager.start(vllm_service_spec(str(model_dir), BASE, params, api_key=API_KEY, admin_token_file=admin))
     try:
-        client = VllmClient.for_params(params)
+        client = VllmClient.for_params(params, api_key=API_KEY, admin_token=ADMIN_TOKEN)
         client.wait_ready(60)
         yield client
     finally:
@@ -296,7 +314,7 @@ def server(
 
 
 def complete(client: VllmClient, model: str, prompt: str = alpaca_prompt("Say hi.")) -> str:
-    oa = OpenAI(base_url=client.base_url + "/v1", api_key="unused", max_retries=0)
+    oa = OpenAI(base_url=client.base_url + "/v1", api_key=API_KEY, max_retries=0)
     # ignore_eos: the random tiny model may end at once, and two empty answers compare equal.
     out = oa.completions.create(
         model=model, prompt=prompt, max_tokens=12, temperature=0, extra_body={"ignore_eos": True}
@@ -346,7 +364,7 @@ def test_hot_swap_under_the_stable_name(server: VllmClient, tiny_model, referenc
 @pytest.mark.slow
 def test_inplace_swap(server: VllmClient, tiny_model, references):
     _, (a, b) = tiny_model
-    inplace = VllmClient(server.base_url, swap="inplace")
+    inplace = VllmClient(server.base_url, swap="inplace", api_key=API_KEY, admin_token=ADMIN_TOKEN)
     inplace.load_adapter("inplace-name", a)
     assert complete(server, "inplace-name") == references["a"]
     inplace.load_adapter("inplace-name", b)
@@ -359,7 +377,7 @@ def test_inplace_swap(server: VllmClient, tiny_model, references):
 def test_chat_by_stable_name(server: VllmClient, tiny_model, references):
     _, (a, _) = tiny_model
     server.load_adapter("chat-name", a)
-    oa = OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0)
+    oa = OpenAI(base_url=server.base_url + "/v1", api_key=API_KEY, max_retries=0)
     out = oa.chat.completions.create(
         model="chat-name",
         messages=[{"role": "user", "content": "Say hi."}],
@@ -398,12 +416,16 @@ def _renamed_modules_copy(src: Path, dest: Path) -> Path:
 def test_refused_loads_leave_the_served_adapter_alone(server: VllmClient, tiny_model, references, tmp_path):
     _, (a, _) = tiny_model
     server.load_adapter("guarded", a)
-    checked = VllmClient(server.base_url, max_lora_rank=16)
+    checked = VllmClient(server.base_url, max_lora_rank=16, api_key=API_KEY, admin_token=ADMIN_TOKEN)
     cases = [
         (checked, tmp_path / "missing", "does not exist"),
         (checked, _rank32_copy(a, tmp_path / "r32"), "serving.max_lora_rank 16"),
         # without max_lora_rank the server itself refuses; the message still names the param
-        (VllmClient(server.base_url), tmp_path / "r32", "serving.max_lora_rank 16"),
+        (
+            VllmClient(server.base_url, api_key=API_KEY, admin_token=ADMIN_TOKEN),
+            tmp_path / "r32",
+            "serving.max_lora_rank 16",
+        ),
         (checked, _renamed_modules_copy(a, tmp_path / "renamed"), "not in the base model"),
     ]
     for client, path, message in cases:
@@ -453,3 +475,150 @@ def test_adapter_trained_on_another_base_model_is_refused(tmp_path: Path):
 )
 def test_model_key_ignores_where_a_model_lives(a: str, b: str, same: bool):
     assert (model_key(a) == model_key(b)) is same
+
+
+# -- guarantees under concurrent traffic (loraops' vLLM plugin) -------------------------------------------
+
+
+def _hammer(
+    server: VllmClient, names: list[str], stop: threading.Event, out: list[tuple[str, float, float, str]]
+) -> None:
+    """Ask each name in turn until ``stop``; record (name, sent, answered, text or 'ERROR ...')."""
+    oa = OpenAI(base_url=server.base_url + "/v1", api_key=API_KEY, max_retries=0)
+    i = 0
+    while not stop.is_set():
+        name = names[i % len(names)]
+        i += 1
+        sent = time.monotonic()
+        try:
+            text = (
+                oa.completions.create(
+                    model=name,
+                    prompt=alpaca_prompt("Say hi."),
+                    max_tokens=12,
+                    temperature=0,
+                    extra_body={"ignore_eos": True},
+                )
+                .choices[0]
+                .text
+            )
+        except Exception as exc:
+            text = f"ERROR {type(exc).__name__}: {exc}"
+        out.append((name, sent, time.monotonic(), text))
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_base_model_answers_alone_under_mixed_traffic(server: VllmClient, tiny_model, references):
+    _, (a, _) = tiny_model
+    server.load_adapter("mixed-a", a)
+    stop, out = threading.Event(), []
+    threads = [
+        threading.Thread(target=_hammer, args=(server, names, stop, out))
+        for names in ([BASE, "mixed-a"], ["mixed-a", BASE], [BASE], ["mixed-a"]) * 2
+    ]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and sum(1 for n, *_ in out if n == BASE) < 60:
+        time.sleep(0.2)
+    stop.set()
+    for t in threads:
+        t.join()
+    base = [text for name, _, _, text in out if name == BASE]
+    adapter = [text for name, _, _, text in out if name == "mixed-a"]
+    assert len(base) >= 20 and len(adapter) >= 20, (len(base), len(adapter))
+    assert [t for t in base if t != references["base"]] == []
+    assert [t for t in adapter if t != references["a"]] == []
+
+
+def _negated_copy(src: Path, dest: Path) -> Path:
+    """The adapter with its LoRA B matrices negated: a third adapter whose output differs from both."""
+    shutil.copytree(src, dest)
+    weights = dest / "adapter_model.safetensors"
+    blob = bytearray(weights.read_bytes())
+    (size,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + size])
+    for name, spec in header.items():
+        if "lora_B" in name:
+            assert spec["dtype"] == "F32", spec
+            start, end = (8 + size + o for o in spec["data_offsets"])
+            values = array.array("f", bytes(blob[start:end]))
+            blob[start:end] = array.array("f", (-v for v in values)).tobytes()
+    weights.write_bytes(bytes(blob))
+    return dest
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_twenty_swaps_under_eight_clients_fail_nothing_and_serve_nothing_stale(
+    server: VllmClient, tiny_model, references, tmp_path: Path
+):
+    _, (a, b) = tiny_model
+    c = _negated_copy(b, tmp_path / "adapter_c")
+    server.load_adapter("ref-c", c)
+    expected = {"a": references["a"], "b": references["b"], "c": complete(server, "ref-c")}
+    assert len(set(expected.values())) == 3
+    paths = {"a": a, "b": b, "c": c}
+    server.load_adapter("swapped", a)
+    stop, out = threading.Event(), []
+    threads = [threading.Thread(target=_hammer, args=(server, ["swapped"], stop, out)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    windows = []  # (swap started, swap reported done, what the name answers afterwards)
+    for i in range(20):
+        key = "bca"[i % 3]
+        started = time.monotonic()
+        server.load_adapter("swapped", paths[key])
+        windows.append((started, time.monotonic(), expected[key]))
+        time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert [text for *_, text in out if text.startswith("ERROR")] == []
+    # A request sent after swap k was reported done answers with k's adapter, or with the adapter of a
+    # later swap that started before the answer came back; anything else is stale.
+    stale = []
+    for _, sent, answered, text in out:
+        done = [k for k, w in enumerate(windows) if w[1] <= sent]
+        if not done:
+            continue
+        k = done[-1]
+        allowed = {windows[k][2]} | {w[2] for w in windows[k + 1 :] if w[0] <= answered}
+        if text not in allowed:
+            stale.append((k, sent - windows[k][1], text))
+    assert len(out) >= 100
+    assert stale == []
+    assert {text for *_, text in out} <= set(expected.values())
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_only_the_admin_token_loads_or_unloads_and_only_the_api_key_asks(
+    server: VllmClient, tiny_model, references
+):
+    _, (a, b) = tiny_model
+    server.load_adapter("guarded-name", a)
+    for token in (None, "wrong"):
+        intruder = VllmClient(server.base_url, api_key=API_KEY, admin_token=token)
+        with pytest.raises(StageError, match="only the holder of the admin token"):
+            intruder._load("guarded-name", Path(b), inplace=True)
+        with pytest.raises(StageError, match="only the holder of the admin token"):
+            intruder.unload_adapter("guarded-name")
+    # the raw call an intruder on the host would make (issue #9): refused, nothing changed
+    req = urllib.request.Request(  # noqa: S310 (loopback)
+        server.base_url + "/v1/load_lora_adapter",
+        data=json.dumps({"lora_name": "guarded-name", "lora_path": str(b), "load_inplace": True}).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"},
+        method="POST",
+    )
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=10)  # noqa: S310
+    assert err.value.code == 403
+    assert server.served_path("guarded-name") == str(a)
+    assert complete(server, "guarded-name") == references["a"]
+    with pytest.raises(AuthenticationError):
+        OpenAI(base_url=server.base_url + "/v1", api_key="wrong", max_retries=0).models.list()
+    with pytest.raises(StageError, match="refused no API key"):
+        VllmClient(server.base_url).models()

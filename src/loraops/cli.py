@@ -142,7 +142,7 @@ def _print_judgement(result: dict[str, Any]) -> None:
 
 
 def _require_server(urls: Any) -> None:
-    from loraops.stack.process import http_ok
+    from loraops.services import http_ok
 
     if not http_ok(urls.server + "/health"):
         raise StackError(f"no model server answers at {urls.endpoint}", hint="run `loraops up` first")
@@ -157,7 +157,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     local.check_ports(ws, params)
     base = _base_model(ws, params)
     say("starting MLflow, Prefect, vLLM and the alias sync hook (first start ~30-60 s)")
-    urls = local.up(ws, params, base)
+    urls = local.up(ws, params, base, on_event=say)
     _print_urls(urls)
     return 0
 
@@ -189,10 +189,10 @@ def _print_urls(urls: Any) -> None:
     print(f"  endpoint  : {urls.endpoint}  (OpenAI-compatible)")
 
 
-def _ask(endpoint: str, model: str, messages: list[dict[str, str]]) -> str:
+def _ask(endpoint: str, api_key: str, model: str, messages: list[dict[str, str]]) -> str:
     from openai import OpenAI
 
-    client = OpenAI(base_url=endpoint, api_key="loraops")
+    client = OpenAI(base_url=endpoint, api_key=api_key)
     resp = client.chat.completions.create(
         model=model,
         messages=messages,  # type: ignore[arg-type]
@@ -239,11 +239,13 @@ def cmd_retrain(args: argparse.Namespace, *, show_answer: bool = True) -> int:
         stable, base = params.registry.model_name, params.base_model.name()
         print("== asking the endpoint with the openai client")
         print(f"   prompt: {prompt!r}")
-        if result["promoted"] or _has_champion(urls, params):
-            print(f"   {stable!r} (stable name) -> {_ask(urls.endpoint, stable, messages)}")
+        creds = local.serving_credentials(ws, params)
+        print(f"   api key: {creds.api_key_file} (Authorization: Bearer <key>)")
+        if result["promoted"] or _has_champion(ws, params):
+            print(f"   {stable!r} (stable name) -> {_ask(urls.endpoint, creds.api_key, stable, messages)}")
         else:
             print(f"   {stable!r}: no champion yet, nothing is served under the stable name")
-        print(f"   {base!r} (base model) -> {_ask(urls.endpoint, base, messages)}")
+        print(f"   {base!r} (base model) -> {_ask(urls.endpoint, creds.api_key, base, messages)}")
     print("== services (still running; `make down` stops them)")
     _print_urls(urls)
     return 0 if result["gate"]["passed"] else GATE_REFUSED
@@ -363,7 +365,8 @@ def cmd_review_import(args: argparse.Namespace) -> int:
     if not params.gate.require_review:
         print("== recorded (gate.require_review is off, so the review does not move any alias)")
         return 0 if decision.passed else GATE_REFUSED
-    alias, _ = apply_decision(registry, params, version, decision.passed, local.stack_urls(params))
+    token = local.serving_credentials(ws, params).admin_token
+    alias, _ = apply_decision(registry, params, version, decision.passed, local.stack_urls(params), token)
     if alias:
         print(f"== {params.registry.model_name}@{alias} -> version {version.version}")
     return 0 if decision.passed else GATE_REFUSED
@@ -390,7 +393,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _ensure_demo_data(ws, params)
     launcher = args.launcher or params.train.launcher
     say("starting MLflow and Prefect if they are not running (training registers the adapter)")
-    urls = local.up_control_plane(ws, params)
+    urls = local.up_control_plane(ws, params, on_event=say)
     _use_prefect(urls)
     say(f"running the retrain flow up to registration, training with the {launcher} launcher")
     result = _run_flow(ws, launcher=args.launcher, evaluate=False)
@@ -418,10 +421,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _has_champion(urls: Any, params: Any) -> bool:
-    from loraops.serving.vllm import VllmClient
+def _has_champion(ws: Any, params: Any) -> bool:
+    from loraops.stack import local
 
-    return VllmClient(urls.server).served_path(params.registry.model_name) is not None
+    return local.vllm_client(ws, params).served_path(params.registry.model_name) is not None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

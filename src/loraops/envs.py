@@ -59,6 +59,11 @@ class PythonEnv:
     def exists(self) -> bool:
         return self.python.exists()
 
+    def service_vars(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The variables a long-running service of this environment is started with (offline), without
+        the caller's environment: what ``ServiceSpec.env`` holds, so that it fingerprints the service."""
+        return {"VIRTUAL_ENV": str(self.prefix), **OFFLINE_ENV, **(extra or {})}
+
     def environ(self, extra: Mapping[str, str] | None = None, *, offline: bool = True) -> dict[str, str]:
         env = dict(os.environ)
         # Axolotl execs `accelerate` by name, so the env's bin/ must come first on PATH.

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import secrets
+from collections.abc import Callable
 from pathlib import Path
+
+from loraops.errors import StackError
 
 
 def file_md5(path: Path) -> str:
@@ -13,3 +19,22 @@ def file_md5(path: Path) -> str:
         while chunk := fh.read(1 << 22):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_or_create_secret(path: Path, make: Callable[[], str] | None = None) -> str:
+    """The secret stored in ``path``; on first use ``make()`` one (default: 32 random bytes, url-safe)
+    and store it, created readable by the owner only (mode 600 from the start, never chmodded after)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        value = path.read_text(encoding="utf-8").strip()
+        if not value:
+            raise StackError(f"{path} is empty", hint="delete it so that a new secret is made") from None
+        with contextlib.suppress(PermissionError):
+            path.chmod(0o600)
+        return value
+    value = (make or (lambda: secrets.token_urlsafe(32)))()
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(value + "\n")
+    return value

@@ -106,9 +106,12 @@ def run_lm_eval(
     tokenizer: str | None = None,
     limit: int | None = None,
     concurrency: int = 8,
+    api_key: str | None = None,
     on_line: Callable[[str], None] | None = None,
 ) -> dict[str, list[float]]:
-    """Evaluate one served model on ``tasks`` with lm-eval; per task, each example's score."""
+    """Evaluate one served model on ``tasks`` with lm-eval; per task, each example's score.
+
+    ``api_key`` is the server's (lm-eval's local-completions sends ``OPENAI_API_KEY`` as bearer token)."""
     trainer = require(trainer_env())
     model_args = [
         f"model={model}",
@@ -141,7 +144,7 @@ def run_lm_eval(
     out_dir.mkdir(parents=True, exist_ok=True)
     run_streaming(
         cmd,
-        env=trainer.environ({"OPENAI_API_KEY": "loraops"}),
+        env=trainer.environ({"OPENAI_API_KEY": api_key or "loraops"}),
         cwd=include_path,
         log_file=out_dir / "lm_eval.log",
         on_line=on_line,

@@ -17,17 +17,23 @@ from typing import TYPE_CHECKING, Any
 
 from loraops.errors import ConfigError
 from loraops.evaluate.harness import GROUP, run_lm_eval, write_general_tasks
-from loraops.evaluate.suite import Completer, EvalReport, GeneralEvaluation, evaluate_task, read_jsonl
+from loraops.evaluate.metrics import FormatCheck
+from loraops.evaluate.params import EvalParams
+from loraops.evaluate.suite import (
+    Completer,
+    EvalReport,
+    GeneralEvaluation,
+    evaluate_task,
+    read_jsonl,
+    request_of,
+)
+from loraops.serving.names import version_name
+from loraops.serving.policy import Canary, pick_canary
 
 if TYPE_CHECKING:
     from loraops.config import Params
     from loraops.registry.tracking import ModelVersionInfo, Registry
     from loraops.serving.vllm import VllmClient
-
-
-def version_name(model: str, version: str) -> str:
-    """The immutable served name of one registered version."""
-    return f"{model}-v{version}"
 
 
 def candidate_name(model: str, version: str) -> str:
@@ -152,6 +158,7 @@ def evaluate_version(
                 tokenizer=tokenizer,
                 limit=params.evaluate.forgetting.limit,
                 concurrency=params.evaluate.concurrency,
+                api_key=server.api_key,
             )
         if cached is not None and not cached.is_file():
             cached.parent.mkdir(parents=True, exist_ok=True)
@@ -172,3 +179,15 @@ def summary_line(report: EvalReport) -> str:
 
 def load_report(data: dict[str, Any]) -> EvalReport:
     return EvalReport.from_json(data)
+
+
+def canary_from_evaluation(report: EvalReport, test_file: Path, params: EvalParams) -> Canary:
+    """The serving canary of the evaluated candidate: the first test request it answered in the expected
+    format (JSON Schema / regex, else valid JSON for json_fields), with that format to check again."""
+    records = read_jsonl(test_file)
+    if params.max_test_examples is not None:
+        records = records[: params.max_test_examples]
+    fmt = FormatCheck(params.format.json_schema, params.format.regex) if params.format else None
+    scores = report.task.runs["candidate"].scores
+    good = [s.get("format", s.get("json_valid", 1.0)) >= 1.0 for s in scores]
+    return pick_canary([request_of(r) for r in records], good, fmt)

@@ -16,9 +16,11 @@ if TYPE_CHECKING:
     from loraops.stack.local import StackUrls
 
 
-def sync_status(sync_url: str) -> dict[str, Any]:
+def sync_status(sync_url: str, token: str) -> dict[str, Any]:
+    """The sync hook's /status (desired vs actual per replica), or {} when it does not answer."""
+    req = urllib.request.Request(f"{sync_url}/status", headers={"Authorization": f"Bearer {token}"})  # noqa: S310
     try:
-        with urllib.request.urlopen(f"{sync_url}/status", timeout=5) as resp:  # noqa: S310 (our loopback hook)
+        with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 (our loopback hook)
             data = json.loads(resp.read())
     except (urllib.error.URLError, OSError, ValueError):
         return {}
@@ -26,7 +28,12 @@ def sync_status(sync_url: str) -> dict[str, Any]:
 
 
 def promote_and_wait(
-    registry: Registry, params: Params, version: ModelVersionInfo, urls: StackUrls, timeout_s: float = 120.0
+    registry: Registry,
+    params: Params,
+    version: ModelVersionInfo,
+    urls: StackUrls,
+    token: str,
+    timeout_s: float = 120.0,
 ) -> str:
     """Point the champion alias at ``version``; return the adapter path the server now serves.
 
@@ -39,9 +46,13 @@ def promote_and_wait(
     deadline = time.monotonic() + timeout_s
     last: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        last = sync_status(urls.sync)
+        last = sync_status(urls.sync, token)
         if str(last.get("served_version")) == str(version.version) and last.get("served_path"):
             return str(last["served_path"])
+        refused = ((last.get("aliases") or {}).get(params.registry.champion_alias) or {}).get("refused")
+        if refused and str(refused.get("version")) == str(version.version):
+            last = {"error": f"the sync hook refused it ({refused.get('kind')}): {refused.get('reason')}"}
+            break
         time.sleep(0.5)
     if previous is not None:
         registry.set_champion(previous.version)
@@ -49,19 +60,25 @@ def promote_and_wait(
         registry.clear_champion()
     error = last.get("error") or "no answer from the alias sync hook"
     raise StageError(
-        f"version {version.version} passed the gate but the server did not load it: {error}",
+        f"version {version.version} passed the gate but the server did not serve it: {error}",
         hint=f"the alias was moved back; see .loraops/logs/sync.log and {urls.sync}/status",
     )
 
 
 def apply_decision(
-    registry: Registry, params: Params, version: ModelVersionInfo, passed: bool, urls: StackUrls
+    registry: Registry,
+    params: Params,
+    version: ModelVersionInfo,
+    passed: bool,
+    urls: StackUrls,
+    token: str = "",
 ) -> tuple[str | None, str | None]:
     """What a decision does: a pass moves champion (and waits until it is served) when gate.auto_promote,
-    else the challenger alias; a refusal moves nothing. Returns (alias moved, served adapter path)."""
+    else the challenger alias; a refusal moves nothing. Returns (alias moved, served adapter path).
+    ``token`` is the sync hook's (its /status tells when the version is served)."""
     if not passed:
         return None, None
     if params.gate.auto_promote:
-        return params.registry.champion_alias, promote_and_wait(registry, params, version, urls)
+        return params.registry.champion_alias, promote_and_wait(registry, params, version, urls, token)
     registry.set_alias(params.registry.challenger_alias, version.version)
     return params.registry.challenger_alias, None

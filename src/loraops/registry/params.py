@@ -34,6 +34,17 @@ class RegistryParams(BaseModel):
         default="loraops", min_length=1, description="MLflow experiment that runs are logged to."
     )
 
+    @field_validator("model_name")
+    @classmethod
+    def _servable(cls, value: str) -> str:
+        from loraops.errors import ConfigError
+        from loraops.serving.names import check_model_name
+
+        try:
+            return check_model_name(value)
+        except ConfigError as exc:
+            raise ValueError(f"{exc.message}; {exc.hint}") from None
+
     @field_validator("champion_alias", "challenger_alias")
     @classmethod
     def _not_reserved(cls, value: str) -> str:

@@ -3,37 +3,16 @@
 from __future__ import annotations
 
 import base64
-import contextlib
-import os
 import secrets
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-from loraops.errors import StackError
-from loraops.stack.process import ServiceSpec
+from loraops.files import read_or_create_secret
+from loraops.services import ServiceSpec, http_url
 
 # The server caches its webhook list per event this long (MLflow's default is 60 s, so a webhook created
 # just after an alias event would miss the alias moves of the next minute).
 WEBHOOK_CACHE_TTL_S = 1
-
-
-def read_or_create_secret(path: Path, make: Callable[[], str]) -> str:
-    """The secret stored in ``path``; on first use ``make()`` one and store it readable by the owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        value = path.read_text(encoding="utf-8").strip()
-        if not value:
-            raise StackError(f"{path} is empty", hint="delete it so that a new secret is made") from None
-        with contextlib.suppress(PermissionError):
-            path.chmod(0o600)
-        return value
-    value = make()
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(value + "\n")
-    return value
 
 
 def new_fernet_key() -> str:
@@ -81,7 +60,7 @@ def mlflow_service_spec(state_dir: Path, port: int, host: str = "127.0.0.1") -> 
         name="mlflow",
         command=command,
         port=port,
-        health_url=f"http://{host}:{port}/health",
+        health_url=http_url(host, port, "/health"),
         env=env,
         cwd=root,
         start_timeout_s=120.0,

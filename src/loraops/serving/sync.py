@@ -1,13 +1,22 @@
-"""The alias sync hook: keeps the server serving the registered version that the alias points at.
+"""The alias sync hook: keeps every vLLM replica serving what the registry's aliases point at.
 
-MLflow calls ``POST /hooks/mlflow`` when an alias is set (webhook event model_version_alias.created).
-The hook does not trust the event's version: it asks the registry where the alias points *now*, so
-retried or reordered deliveries converge on the same state. The same reconcile step runs at start-up
-and periodically, which heals a missed delivery and a restarted vLLM (runtime adapters are lost when it
-restarts).
+For one registered model it serves, on each replica (``serving/README.md`` has the whole contract):
 
-Each version is downloaded to its own directory ``<adapters_dir>/<model>/v<version>`` and loaded under
-the stable name ``<model>``; the server's reported path for that name tells which version it serves.
+* ``<model>`` (the stable name) = the version ``champion`` points at; ``<model>-challenger`` = the
+  version ``challenger`` points at; ``<model>-v<N>`` = each of those versions under its immutable name.
+  A version that no alias wants any more keeps its ``-v<N>`` name for ``grace_s``, then is unloaded.
+* A version reaches a stable name only when the gate passed it or a person set the override tag
+  (``policy.py``), and only after it answered its canary under its version name. A refused version is
+  tagged on the MLflow version (``loraops.serving.refused``), counted, and shown in ``/status``; what
+  the stable name served before keeps serving.
+* An alias that is deleted leaves its stable name serving the last version, with a warning in
+  ``/status`` (applications keep working; an engineer sees that nothing is pinned any more).
+
+MLflow calls ``POST /hooks/mlflow`` when an alias is set or deleted. The hook does not trust the
+event's version: it asks the registry where the aliases point *now*, so retried or reordered deliveries
+converge on the same state. The same reconcile runs at start-up, every ``reconcile_interval_s``, and at
+once when a replica is seen drifting from the desired state (a restarted vLLM has no adapters), which
+is checked every ``watch_interval_s``.
 
 Run it with ``python -m loraops.serving.sync --port ... --tracking-uri ... --vllm-url ...``.
 """
@@ -15,33 +24,41 @@ Run it with ``python -m loraops.serving.sync --port ... --tracking-uri ... --vll
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import hashlib
 import hmac
 import json
 import re
-import secrets
 import shutil
-import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from loraops.registry.server import read_or_create_secret
-from loraops.stack.process import ServiceSpec
+from loraops.files import read_or_create_secret
+from loraops.services import ServiceSpec, http_url
+from loraops.serving.names import stable_name, version_dir, version_name
+from loraops.serving.policy import (
+    CANARY_MAX_TOKENS,
+    REFUSED_TAG,
+    canary_of,
+    serve_permission,
+)
 
 if TYPE_CHECKING:  # importing the registry adapter imports mlflow, which is slow
+    from prometheus_client import CollectorRegistry
+
     from loraops.registry.tracking import ModelVersionInfo
 
 HOOK_PATH = "/hooks/mlflow"
 SIGNATURE_TOLERANCE_S = 300.0
 MAX_BODY_BYTES = 1 << 20
+BODY_TIMEOUT_S = 5.0
 ADAPTER_MARKER = "adapter_config.json"
 
 # -- pure parts -------------------------------------------------------------------------------------------
@@ -79,34 +96,63 @@ def verify_signature(
     return any(hmac.compare_digest(expected, candidate) for candidate in signature.split())
 
 
+class DeliveryLog:
+    """Delivery ids already acted on, kept as long as their signature could still be replayed.
+
+    Only a delivery that was handled is remembered: MLflow retries a failed one (5xx) with the same id.
+    """
+
+    def __init__(self, keep_s: float = 2 * SIGNATURE_TOLERANCE_S) -> None:
+        self.keep_s = keep_s
+        self._seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def seen(self, delivery_id: str, now: float) -> bool:
+        """True when ``delivery_id`` was handled within ``keep_s`` of ``now``."""
+        with self._lock:
+            for old, at in list(self._seen.items()):
+                if now - at > self.keep_s:
+                    del self._seen[old]
+            return delivery_id in self._seen
+
+    def remember(self, delivery_id: str, now: float) -> None:
+        with self._lock:
+            self._seen[delivery_id] = now
+
+
 @dataclass(frozen=True)
 class AliasEvent:
     name: str
     alias: str
     version: str
+    action: Literal["created", "deleted"] = "created"
 
 
 def parse_alias_event(body: bytes) -> AliasEvent | None:
-    """The alias-created event in an MLflow webhook body, or None for anything else."""
+    """The alias created/deleted event in an MLflow webhook body, or None for anything else."""
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         return None
     if not isinstance(doc, dict):
         return None
-    if doc.get("entity") != "model_version_alias" or doc.get("action") != "created":
+    action = doc.get("action")
+    if doc.get("entity") != "model_version_alias" or action not in ("created", "deleted"):
         return None
     data = doc.get("data")
     if not isinstance(data, dict):
         return None
     fields = [data.get(k) for k in ("name", "alias", "version")]
-    if not all(isinstance(f, str | int) and str(f) for f in fields):
+    if action == "deleted" and fields[2] is None:
+        fields[2] = ""
+    if not all(isinstance(f, str | int) for f in fields) or not all(str(f) for f in fields[:2]):
         return None
     name, alias, version = (str(f) for f in fields)
-    return AliasEvent(name=name, alias=alias, version=version)
+    return AliasEvent(name=name, alias=alias, version=version, action=action)
 
 
-Action = Literal["loaded", "unchanged", "ignored", "no-target", "failed"]
+Action = Literal["loaded", "unchanged", "ignored", "no-target", "refused", "failed"]
+_RANK: dict[str, int] = {"failed": 5, "refused": 4, "loaded": 3, "unchanged": 2, "no-target": 1, "ignored": 0}
 
 
 @dataclass(frozen=True)
@@ -114,23 +160,26 @@ class SyncResult:
     action: Action
     at: str
     trigger: str
-    version: str | None = None  # the version the alias points at (None: unknown or unset)
+    version: str | None = None  # the version the champion alias points at (None: unknown or unset)
     path: str | None = None
     error: str | None = None
+    details: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
-        return self.action != "failed"
+        return self.action not in ("failed",)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ok": self.ok}
+        return {**asdict(self), "details": list(self.details), "ok": self.ok}
 
 
 @dataclass(frozen=True)
-class Served:
+class Refusal:
     version: str
-    path: str
-    since: str
+    alias: str
+    kind: Literal["gate", "canary"]
+    reason: str
+    at: str
 
 
 # -- ports ------------------------------------------------------------------------------------------------
@@ -143,13 +192,21 @@ class AdapterSource(Protocol):
 
     def download_adapter(self, version: str, dest: Path) -> Path: ...
 
+    def tag_version(self, version: str, tags: dict[str, Any]) -> None: ...
+
 
 class ServingBackend(Protocol):
-    """What the hook needs from the inference server (``loraops.serving.vllm.VllmClient``)."""
+    """What the hook needs from one inference server (``loraops.serving.vllm.VllmClient``)."""
+
+    base_url: str
 
     def load_adapter(self, name: str, path: str) -> Any: ...
 
-    def served_path(self, name: str) -> str | None: ...
+    def unload_adapter(self, name: str) -> None: ...
+
+    def adapters(self) -> dict[str, str]: ...
+
+    def complete(self, name: str, request: str | list[dict[str, str]], max_tokens: int) -> str: ...
 
 
 def _utc_now() -> str:
@@ -165,242 +222,567 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-class AliasSync:
+class SyncMetrics:
+    """The hook's Prometheus metrics (one registry per hook, exposed at ``GET /metrics``)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry: CollectorRegistry = CollectorRegistry()
+        r = self.registry
+        self.swaps = Counter(
+            "loraops_sync_swaps", "Stable-name switches done", ["model", "alias"], registry=r
+        )
+        self.refusals = Counter(
+            "loraops_sync_refusals",
+            "Versions refused for a stable name",
+            ["model", "alias", "kind"],
+            registry=r,
+        )
+        self.load_failures = Counter(
+            "loraops_sync_load_failures",
+            "Reconciles that failed (download, load, server)",
+            ["model"],
+            registry=r,
+        )
+        self.swap_seconds = Histogram(
+            "loraops_sync_swap_seconds",
+            "Time to switch a stable name on one replica (version load, canary, switch)",
+            ["model"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+            registry=r,
+        )
+        self.reconcile_lag = Gauge(
+            "loraops_sync_reconcile_lag_seconds",
+            "Seconds from a drift being noticed (event, watch, start) to every replica serving it again",
+            ["model"],
+            registry=r,
+        )
+        self.in_sync = Gauge(
+            "loraops_sync_in_sync",
+            "1 when the replica serves the desired state",
+            ["model", "replica"],
+            registry=r,
+        )
+        self.deliveries = Counter(
+            "loraops_sync_deliveries", "Webhook deliveries by outcome", ["outcome"], registry=r
+        )
+
+
+class ModelSync:
+    """Keeps ``replicas`` serving the versions that ``aliases`` of one registered model point at."""
+
     def __init__(
         self,
         registry: AdapterSource,
-        server: ServingBackend,
+        replicas: Sequence[ServingBackend],
         adapters_dir: Path,
         model_name: str,
-        alias: str,
         *,
+        champion_alias: str = "champion",
+        aliases: Sequence[str] = ("champion", "challenger"),
+        grace_s: float = 300.0,
+        metrics: SyncMetrics | None = None,
         clock: Callable[[], str] = _utc_now,
     ) -> None:
         self.registry = registry
-        self.server = server
+        self.replicas = list(replicas)
         self.model_name = model_name
-        self.alias = alias
-        self.model_dir = adapters_dir.resolve() / model_name
+        self.champion_alias = champion_alias
+        self.aliases = tuple(dict.fromkeys([champion_alias, *aliases]))
+        self.adapters_dir = adapters_dir.resolve()
+        self.model_dir = self.adapters_dir / model_name
+        self.grace_s = grace_s
+        self.metrics = metrics or SyncMetrics()
         self._clock = clock
         self._lock = threading.Lock()  # one reconcile at a time
         self._state_lock = threading.Lock()  # status() must not wait for a download
         self.last: SyncResult | None = None
         self.last_failure: SyncResult | None = None
-        self.serving: Served | None = None
+        self.desired: dict[str, str] = {}  # served name -> adapter path, from the last reconcile
+        self.warnings: dict[str, str] = {}  # alias -> warning
+        self.refusals: dict[str, Refusal] = {}  # alias -> the refusal standing for it
+        self._refused_keys: set[tuple[str, str, str]] = set()  # (version, kind, reason) already recorded
+        self._canary_failed: dict[str, str] = {}  # version -> why (the adapter never changes)
+        self._unwanted_since: dict[str, float] = {}  # served version name -> when no alias wanted it
+        self._drift_since: float | None = None
 
     def version_dir(self, version: str) -> Path:
-        return self.model_dir / f"v{version}"
+        return version_dir(self.adapters_dir, self.model_name, version)
+
+    def stable_name(self, alias: str) -> str:
+        return stable_name(self.model_name, alias, self.champion_alias)
+
+    # -- reconcile --------------------------------------------------------------------------------------
 
     def reconcile(self, trigger: str = "reconcile") -> SyncResult:
-        """Make the server serve the alias target; a no-op when it already does."""
+        """Make every reachable replica serve the desired state; a no-op when it already does."""
         with self._lock:
-            version: str | None = None
+            if self._drift_since is None:
+                self._drift_since = time.monotonic()
             try:
-                target = self.registry.version_by_alias(self.alias)
-                if target is None:
-                    return self._record(SyncResult("no-target", self._clock(), trigger))
-                version = target.version
-                dest = self.version_dir(version)
-                current = self.server.served_path(self.model_name)
-                if current is not None and Path(current) == dest and _is_adapter(dest):
-                    return self._record(SyncResult("unchanged", self._clock(), trigger, version, str(dest)))
-                if not _is_adapter(dest):
-                    self.registry.download_adapter(version, dest)
-                if not _is_adapter(dest):
-                    raise ValueError(f"version {version} has no {ADAPTER_MARKER}: not a LoRA adapter")
-                self.server.load_adapter(self.model_name, str(dest))
-                after = self.server.served_path(self.model_name)
-                if after is None or Path(after) != dest:
-                    raise RuntimeError(f"server reports {after!r} for {self.model_name} after loading {dest}")
-                self._prune(keep={dest, Path(current)} if current else {dest})
-                return self._record(SyncResult("loaded", self._clock(), trigger, version, str(dest)))
-            except Exception as exc:  # a long-running hook records every failure instead of dying
-                return self._record(
-                    SyncResult("failed", self._clock(), trigger, version, error=_describe(exc))
+                targets = {alias: self.registry.version_by_alias(alias) for alias in self.aliases}
+            except Exception as exc:
+                return self._record(SyncResult("failed", self._clock(), trigger, error=_describe(exc)))
+            champion = targets[self.champion_alias]
+            served: dict[int, dict[str, str]] = {}
+            errors: list[str] = []
+            for i, replica in enumerate(self.replicas):
+                try:
+                    served[i] = replica.adapters()
+                except Exception as exc:
+                    errors.append(f"{replica.base_url}: {_describe(exc)}")
+                    self.metrics.in_sync.labels(self.model_name, replica.base_url).set(0)
+            desired: dict[str, str] = {}
+            actions: list[str] = []
+            outcome: Action = "no-target" if champion is None else "unchanged"
+            warnings: dict[str, str] = {}
+            for alias, target in targets.items():
+                try:
+                    done, state = self._reconcile_alias(alias, target, served, desired, warnings)
+                except Exception as exc:
+                    errors.append(f"{alias}: {_describe(exc)}")
+                    continue
+                actions += done
+                if _RANK[state] > _RANK[outcome]:
+                    outcome = state
+            self._retire_version_names(served, desired)
+            self._prune(served, desired)
+            if errors:
+                self.metrics.load_failures.labels(self.model_name).inc()
+                outcome = "failed"
+            else:
+                for replica in self.replicas:
+                    self.metrics.in_sync.labels(self.model_name, replica.base_url).set(1)
+                self.metrics.reconcile_lag.labels(self.model_name).set(time.monotonic() - self._drift_since)
+                self._drift_since = None
+            with self._state_lock:
+                self.desired = desired
+                self.warnings = warnings
+            stable = self.stable_name(self.champion_alias)
+            return self._record(
+                SyncResult(
+                    outcome,
+                    self._clock(),
+                    trigger,
+                    champion.version if champion else None,
+                    desired.get(stable),
+                    "; ".join(errors) or None,
+                    tuple(
+                        actions
+                        + [f"refused {r.alias} v{r.version}: {r.reason}" for r in self.refusals.values()]
+                    ),
                 )
+            )
+
+    def _reconcile_alias(
+        self,
+        alias: str,
+        target: ModelVersionInfo | None,
+        served: dict[int, dict[str, str]],
+        desired: dict[str, str],
+        warnings: dict[str, str],
+    ) -> tuple[list[str], Action]:
+        stable = self.stable_name(alias)
+        current = {i: names.get(stable) for i, names in served.items()}
+        if target is None:
+            self.refusals.pop(alias, None)
+            still = {p for p in current.values() if p}
+            if still:
+                versions = ", ".join(sorted(f"v{Path(p).name.removeprefix('v')}" for p in still))
+                warnings[alias] = (
+                    f"alias {alias!r} is not set: {stable!r} keeps serving {versions}; set the alias to pin "
+                    "a version"
+                )
+                for p in still:
+                    desired.setdefault(stable, p)
+            return [], "no-target"
+        version = target.version
+        dest = self.version_dir(version)
+        vname = version_name(self.model_name, version)
+        todo = [i for i, path in current.items() if path != str(dest)]
+        if not todo:
+            self.refusals.pop(alias, None)
+            desired[stable] = desired[vname] = str(dest)
+            return [], "unchanged"
+        for path in {p for p in current.values() if p}:  # what serves now keeps serving on a refusal
+            desired.setdefault(stable, path)
+        permission = serve_permission(target.tags)
+        if not permission.allowed:
+            self._refuse(alias, version, "gate", permission.reason)
+            return [], "refused"
+        if version in self._canary_failed:
+            self._refuse(alias, version, "canary", self._canary_failed[version])
+            return [], "refused"
+        if not _is_adapter(dest):
+            self.registry.download_adapter(version, dest)
+        if not _is_adapter(dest):
+            raise ValueError(f"version {version} has no {ADAPTER_MARKER}: not a LoRA adapter")
+        canary = canary_of(target.tags)
+        done: list[str] = []
+        for i in todo:
+            replica = self.replicas[i]
+            started = time.monotonic()
+            if served[i].get(vname) != str(dest):
+                replica.load_adapter(vname, str(dest))
+                served[i][vname] = str(dest)
+            problem = canary.problem(replica.complete(vname, canary.request, CANARY_MAX_TOKENS))
+            if problem is not None:
+                self._canary_failed[version] = problem
+                self._refuse(alias, version, "canary", problem)
+                return done, "refused"
+            replica.load_adapter(stable, str(dest))
+            after = replica.adapters().get(stable)
+            if after != str(dest):
+                raise RuntimeError(f"{replica.base_url} reports {after!r} for {stable} after loading {dest}")
+            served[i][stable] = str(dest)
+            self.metrics.swaps.labels(self.model_name, alias).inc()
+            self.metrics.swap_seconds.labels(self.model_name).observe(time.monotonic() - started)
+            done.append(f"{stable} -> v{version} on {replica.base_url}")
+        self.refusals.pop(alias, None)
+        desired[stable] = desired[vname] = str(dest)
+        return done, "loaded"
+
+    def _refuse(self, alias: str, version: str, kind: Literal["gate", "canary"], reason: str) -> None:
+        refusal = Refusal(version, alias, kind, reason, self._clock())
+        self.refusals[alias] = refusal
+        key = (version, kind, reason)
+        if key in self._refused_keys:
+            return
+        self._refused_keys.add(key)
+        self.metrics.refusals.labels(self.model_name, alias, kind).inc()
+        stable = self.stable_name(alias)
+        text = f"{refusal.at}: not served as {stable!r} ({kind}): {reason}"
+        try:
+            self.registry.tag_version(version, {REFUSED_TAG: text[:5000]})
+        except Exception as exc:  # the refusal stands; the tag is retried on the next new refusal
+            sys.stderr.write(f"{_utc_now()} tagging the refusal on v{version} failed: {_describe(exc)}\n")
+
+    def _retire_version_names(self, served: dict[int, dict[str, str]], desired: dict[str, str]) -> None:
+        """Unload ``<model>-v<N>`` names that no alias has wanted for ``grace_s`` (apps pinned to a
+        version keep it that long after the alias moved away)."""
+        prefix = f"{self.model_name}-v"
+        now = time.monotonic()
+        unwanted: set[str] = set()
+        for i, names in served.items():
+            for name in list(names):
+                if name in desired or not (name.startswith(prefix) and name[len(prefix) :].isdigit()):
+                    continue
+                unwanted.add(name)
+                if now - self._unwanted_since.setdefault(name, now) >= self.grace_s:
+                    self.replicas[i].unload_adapter(name)
+                    del names[name]
+        self._unwanted_since = {n: t for n, t in self._unwanted_since.items() if n in unwanted}
+
+    def _prune(self, served: dict[int, dict[str, str]], desired: dict[str, str]) -> None:
+        """Delete downloaded versions that no replica serves and no alias wants."""
+        if not self.model_dir.is_dir() or len(served) != len(self.replicas):
+            return  # an unreachable replica may still read its directories
+        keep = {Path(p) for p in desired.values()}
+        keep |= {Path(p) for names in served.values() for p in names.values()}
+        for child in self.model_dir.iterdir():
+            if child.is_dir() and child not in keep and re.fullmatch(r"\.?v\d+(\..*)?", child.name):
+                shutil.rmtree(child, ignore_errors=True)
+
+    # -- events and status ------------------------------------------------------------------------------
 
     def handle(self, event: AliasEvent) -> SyncResult:
-        if event.name != self.model_name or event.alias != self.alias:
+        if event.name != self.model_name or event.alias not in self.aliases:
             return SyncResult("ignored", self._clock(), f"webhook {event.name}@{event.alias}", event.version)
+        if event.action == "deleted":
+            return self.reconcile(trigger=f"webhook: {event.alias} deleted")
         return self.reconcile(trigger=f"webhook: {event.alias} -> v{event.version}")
 
-    def status(self) -> dict[str, Any]:
+    def drifted(self) -> bool:
+        """True when a replica serves something else than the last reconcile left (one cheap call each)."""
         with self._state_lock:
-            return {
-                "model": self.model_name,
-                "alias": self.alias,
-                "served_version": self.serving.version if self.serving else None,
-                "served_path": self.serving.path if self.serving else None,
-                "error": self.last.error if self.last else None,  # set while the last attempt failed
-                "serving": asdict(self.serving) if self.serving else None,
-                "last": self.last.to_dict() if self.last else None,
-                "last_failure": self.last_failure.to_dict() if self.last_failure else None,
-            }
+            desired = dict(self.desired)
+        if not desired:
+            return False
+        for replica in self.replicas:
+            try:
+                names = replica.adapters()
+            except Exception:
+                return True
+            if any(names.get(name) != path for name, path in desired.items()):
+                return True
+        return False
+
+    def status(self) -> dict[str, Any]:
+        """Desired vs actual per replica; actual is read from each vLLM now, not remembered."""
+        with self._state_lock:
+            desired = dict(self.desired)
+            warnings = dict(self.warnings)
+            refusals = {a: asdict(r) for a, r in self.refusals.items()}
+            last = self.last.to_dict() if self.last else None
+            last_failure = self.last_failure.to_dict() if self.last_failure else None
+        replicas: list[dict[str, Any]] = []
+        for replica in self.replicas:
+            try:
+                names = replica.adapters()
+                actual = {
+                    n: p
+                    for n, p in names.items()
+                    if n == self.model_name or n.startswith(self.model_name + "-")
+                }
+                replicas.append(
+                    {
+                        "url": replica.base_url,
+                        "reachable": True,
+                        "serving": {n: _version_of(p) for n, p in sorted(actual.items())},
+                        "in_sync": all(actual.get(n) == p for n, p in desired.items()),
+                        "error": None,
+                    }
+                )
+            except Exception as exc:
+                replicas.append(
+                    {
+                        "url": replica.base_url,
+                        "reachable": False,
+                        "serving": {},
+                        "in_sync": False,
+                        "error": _describe(exc),
+                    }
+                )
+        stable = self.stable_name(self.champion_alias)
+        first = replicas[0]["serving"] if replicas else {}
+        return {
+            "model": self.model_name,
+            "aliases": {
+                alias: {
+                    "stable_name": self.stable_name(alias),
+                    "desired_version": _version_of(desired[self.stable_name(alias)])
+                    if self.stable_name(alias) in desired
+                    else None,
+                    "refused": refusals.get(alias),
+                    "warning": warnings.get(alias),
+                }
+                for alias in self.aliases
+            },
+            "desired": {n: _version_of(p) for n, p in sorted(desired.items())},
+            "replicas": replicas,
+            "in_sync": bool(replicas) and all(r["in_sync"] for r in replicas),
+            "served_version": first.get(stable),
+            "served_path": desired.get(stable) if first.get(stable) else None,
+            "error": last["error"] if last else None,
+            "last": last,
+            "last_failure": last_failure,
+        }
 
     def _record(self, result: SyncResult) -> SyncResult:
         with self._state_lock:
             self.last = result
             if not result.ok:
                 self.last_failure = result
-            elif (
-                result.action in ("loaded", "unchanged")
-                and result.version
-                and result.path
-                and (self.serving is None or self.serving.path != result.path)
-            ):
-                self.serving = Served(result.version, result.path, result.at)
         return result
 
-    def _prune(self, keep: set[Path]) -> None:
-        """Delete downloaded versions other than ``keep`` (the new one and the one it replaced)."""
-        if not self.model_dir.is_dir():
-            return
-        for child in self.model_dir.iterdir():
-            if child.is_dir() and child not in keep and re.fullmatch(r"\.?v\d+(\..*)?", child.name):
-                shutil.rmtree(child, ignore_errors=True)
+
+def _version_of(path: str) -> str:
+    name = Path(path).name
+    return name[1:] if name.startswith("v") and name[1:].isdigit() else path
 
 
-# -- HTTP service -----------------------------------------------------------------------------------------
+# -- HTTP service (Starlette on uvicorn) ------------------------------------------------------------------
 
 
-class SyncServer(ThreadingHTTPServer):
-    daemon_threads = True
+@dataclass
+class HookState:
+    """What the HTTP handlers share: the sync, the secrets, and the counts they report."""
 
-    def __init__(self, address: tuple[str, int], sync: AliasSync, secret: str) -> None:
-        super().__init__(address, _Handler)
-        self.sync = sync
-        self.secret = secret
-        self._count_lock = threading.Lock()
-        self.deliveries = {"accepted": 0, "rejected": 0}
-        self.webhook: dict[str, Any] = {"registered": None, "error": None}  # None: not asked to register
+    sync: ModelSync
+    secret: str
+    token: str  # bearer token of /status and /reconcile
+    deliveries: DeliveryLog = field(default_factory=DeliveryLog)
+    counts: dict[str, int] = field(default_factory=lambda: {"accepted": 0, "rejected": 0, "repeated": 0})
+    webhook: dict[str, Any] = field(default_factory=lambda: {"registered": None, "error": None})
+    wake: threading.Event = field(default_factory=threading.Event)
 
     def count(self, outcome: str) -> None:
-        with self._count_lock:
-            self.deliveries[outcome] += 1
+        self.counts[outcome] = self.counts.get(outcome, 0) + 1
+        self.sync.metrics.deliveries.labels(outcome).inc()
 
     def status(self) -> dict[str, Any]:
-        with self._count_lock:
-            counts = dict(self.deliveries)
-        return {**self.sync.status(), "deliveries": counts, "webhook": dict(self.webhook)}
+        return {**self.sync.status(), "deliveries": dict(self.counts), "webhook": dict(self.webhook)}
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: SyncServer
-    protocol_version = "HTTP/1.1"
+def _authorized(headers: Any, token: str) -> bool:
+    scheme, _, given = str(headers.get("authorization", "")).partition(" ")
+    return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
 
-    def _reply(self, code: int, doc: dict[str, Any]) -> None:
-        body = json.dumps(doc).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
-    def do_GET(self) -> None:
-        if self.path == "/health":
-            self._reply(200, {"ok": True})
-        elif self.path == "/status":
-            self._reply(200, self.server.status())
-        else:
-            self._reply(404, {"error": f"no such path {self.path}"})
+def build_app(state: HookState) -> Any:
+    """The hook's ASGI app: /health, /metrics (open); /status, /reconcile (bearer token); the webhook."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
 
-    def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY_BYTES:
-            self._reply(413, {"error": "body too large"})
-            return
-        body = self.rfile.read(length) if length else b""
-        if self.path == "/reconcile":
-            result = self.server.sync.reconcile(trigger="manual")
-            self._reply(200 if result.ok else 500, result.to_dict())
-        elif self.path == HOOK_PATH:
-            self._hook(body)
-        else:
-            self._reply(404, {"error": f"no such path {self.path}"})
+    def denied() -> JSONResponse:
+        return JSONResponse(
+            {"error": "this endpoint needs Authorization: Bearer <token> (.loraops/vllm-admin.token)"},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
-    def _hook(self, body: bytes) -> None:
+    async def body_of(request: Request) -> bytes | JSONResponse:
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+            code = 413 if declared.isdigit() else 400
+            return JSONResponse({"error": f"bad Content-Length {declared[:40]!r}"}, status_code=code)
+        try:
+            body = await asyncio.wait_for(request.body(), timeout=BODY_TIMEOUT_S)
+        except TimeoutError:
+            return JSONResponse(
+                {"error": f"body not received within {BODY_TIMEOUT_S:.0f} s"}, status_code=408
+            )
+        if len(body) > MAX_BODY_BYTES:
+            return JSONResponse({"error": "body too large"}, status_code=413)
+        return body
+
+    async def health(_: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    async def status(request: Request) -> JSONResponse:
+        if not _authorized(request.headers, state.token):
+            return denied()
+        return JSONResponse(await run_in_threadpool(state.status))
+
+    async def reconcile(request: Request) -> JSONResponse:
+        if not _authorized(request.headers, state.token):
+            return denied()
+        body = await body_of(request)
+        if isinstance(body, JSONResponse):
+            return body
+        result = await run_in_threadpool(state.sync.reconcile, "manual")
+        return JSONResponse(result.to_dict(), status_code=200 if result.ok else 500)
+
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(state.sync.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def hook(request: Request) -> JSONResponse:
+        body = await body_of(request)
+        if isinstance(body, JSONResponse):
+            return body
+        delivery = request.headers.get("x-mlflow-delivery-id", "")
         ok = verify_signature(
-            self.server.secret,
-            self.headers.get("X-MLflow-Delivery-Id", ""),
-            self.headers.get("X-MLflow-Timestamp", ""),
+            state.secret,
+            delivery,
+            request.headers.get("x-mlflow-timestamp", ""),
             body,
-            self.headers.get("X-MLflow-Signature", ""),
+            request.headers.get("x-mlflow-signature", ""),
             now=time.time(),
         )
-        self.server.count("accepted" if ok else "rejected")
         if not ok:
-            self._reply(401, {"error": "missing or invalid X-MLflow-Signature"})
-            return
+            state.count("rejected")
+            return JSONResponse({"error": "missing or invalid X-MLflow-Signature"}, status_code=401)
+        if state.deliveries.seen(delivery, time.time()):
+            state.count("repeated")
+            return JSONResponse({"error": f"delivery {delivery} was already accepted"}, status_code=409)
+        state.count("accepted")
         event = parse_alias_event(body)
         if event is None:
-            self._reply(200, {"action": "ignored", "reason": "not a model_version_alias.created event"})
-            return
-        # 500 on failure: MLflow retries, and the delivery shows as failed in its server log.
-        result = self.server.sync.handle(event)
+            state.deliveries.remember(delivery, time.time())
+            return JSONResponse({"action": "ignored", "reason": "not a model_version_alias event"})
+        # 500 on failure: MLflow retries (same delivery id), and the delivery shows as failed in its log.
+        result = await run_in_threadpool(state.sync.handle, event)
+        if result.ok:
+            state.deliveries.remember(delivery, time.time())
         sys.stderr.write(f"{result.at} webhook {event}: {json.dumps(result.to_dict())}\n")
-        self._reply(200 if result.ok else 500, result.to_dict())
+        return JSONResponse(result.to_dict(), status_code=200 if result.ok else 500)
 
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        if self.command == "GET" and self.path in ("/health", "/status") and code == 200:
-            return  # polled constantly; only the rest is worth a log line
-        super().log_request(code, size)
+    return Starlette(
+        routes=[
+            Route("/health", health),
+            Route("/status", status),
+            Route("/metrics", metrics),
+            Route("/reconcile", reconcile, methods=["POST"]),
+            Route(HOOK_PATH, hook, methods=["POST"]),
+        ]
+    )
 
-    def log_message(self, format: str, *args: Any) -> None:
-        sys.stderr.write(f"{_utc_now()} {self.address_string()} {format % args}\n")
+
+def uvicorn_config(app: Any, host: str, port: int) -> Any:
+    """uvicorn with what a small public-facing service needs: a real backlog, short keep-alive, a cap on
+    concurrent connections, small header limit (slow or malformed clients get 4xx, not threads)."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        backlog=2048,
+        timeout_keep_alive=5,
+        limit_concurrency=1000,
+        h11_max_incomplete_event_size=64 * 1024,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+    )
 
 
 def webhook_secret(path: Path) -> str:
     """The shared secret of MLflow's webhook and the hook, made on first use (mode 600)."""
-    return read_or_create_secret(path, lambda: secrets.token_urlsafe(32))
-
-
-def connect_host(host: str) -> str:
-    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host  # noqa: S104 (only compared)
+    return read_or_create_secret(path)
 
 
 def hook_url(host: str, port: int) -> str:
-    return f"http://{connect_host(host)}:{port}{HOOK_PATH}"
+    return http_url(host, port, HOOK_PATH)
 
 
 def sync_service_spec(
     state_dir: Path,
     port: int,
     tracking_uri: str,
-    vllm_url: str,
+    vllm_urls: Sequence[str],
     model_name: str,
-    alias: str,
     secret_file: Path,
+    token_file: Path,
     adapters_dir: Path,
+    *,
+    api_key_file: Path | None = None,
+    champion_alias: str = "champion",
+    challenger_alias: str = "challenger",
     host: str = "127.0.0.1",
     reconcile_interval_s: float = 30.0,
+    watch_interval_s: float = 2.0,
+    grace_s: float = 300.0,
     max_lora_rank: int | None = None,
-    swap: Literal["reload", "inplace"] = "reload",
+    swap: Literal["inplace", "reload"] = "inplace",
     webhook_url: str | None = None,
 ) -> ServiceSpec:
     """The hook as a managed service. At start it registers its own MLflow webhook (``webhook_url``,
-    default ``http://<host>:<port>/hooks/mlflow``), then reconciles. ``max_lora_rank`` and ``swap`` are
-    the serving params' (the vLLM client refuses too large an adapter before the server is asked)."""
+    default ``http://<host>:<port>/hooks/mlflow``), then reconciles. ``token_file`` holds the token of
+    /status, /reconcile and of vLLM's load/unload endpoints; ``api_key_file`` vLLM's API key."""
     command = [
         sys.executable, "-m", "loraops.serving.sync",
         "--host", host,
         "--port", str(port),
         "--tracking-uri", tracking_uri,
-        "--vllm-url", vllm_url,
         "--model-name", model_name,
-        "--alias", alias,
+        "--alias", champion_alias,
+        "--challenger-alias", challenger_alias,
         "--secret-file", str(secret_file),
+        "--token-file", str(token_file),
         "--adapters-dir", str(adapters_dir),
         "--reconcile-interval", str(reconcile_interval_s),
+        "--watch-interval", str(watch_interval_s),
+        "--grace", str(grace_s),
         "--swap", swap,
         "--webhook-url", webhook_url or hook_url(host, port),
     ]  # fmt: skip
+    for url in vllm_urls:
+        command += ["--vllm-url", url]
+    if api_key_file is not None:
+        command += ["--api-key-file", str(api_key_file)]
     if max_lora_rank is not None:
         command += ["--max-lora-rank", str(max_lora_rank)]
     return ServiceSpec(
         name="sync",
         command=command,
         port=port,
-        health_url=f"http://{connect_host(host)}:{port}/health",
+        health_url=http_url(host, port, "/health"),
         env={"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "PYTHONUNBUFFERED": "1"},
         cwd=state_dir,
         start_timeout_s=60.0,
@@ -408,53 +790,71 @@ def sync_service_spec(
     )
 
 
+def run_loop(
+    state: HookState,
+    stop: threading.Event,
+    reconcile_interval_s: float,
+    watch_interval_s: float,
+    register_webhook: Callable[[], None] | None = None,
+) -> None:
+    """Register the webhook (retried until it works: MLflow may start later), reconcile at start, then
+    every ``reconcile_interval_s``, and at once when a replica drifts (checked every ``watch_interval_s``)."""
+    sync = state.sync
+    pending = register_webhook
+    trigger = "startup"
+    next_full = 0.0
+    while not stop.is_set():
+        if pending is not None:
+            try:
+                pending()
+                state.webhook = {"registered": True, "error": None}
+                pending = None
+            except Exception as exc:  # retried on the next round
+                state.webhook = {"registered": False, "error": _describe(exc)}
+                sys.stderr.write(f"{_utc_now()} registering the webhook failed: {_describe(exc)}\n")
+        now = time.monotonic()
+        if trigger != "periodic" or now >= next_full or sync.drifted():
+            if trigger == "periodic" and now < next_full:
+                trigger = "drift"
+            result = sync.reconcile(trigger=trigger)
+            if result.action != "unchanged" or not result.ok:
+                sys.stderr.write(f"{result.at} reconcile ({trigger}): {json.dumps(result.to_dict())}\n")
+            next_full = time.monotonic() + reconcile_interval_s if reconcile_interval_s > 0 else float("inf")
+        trigger = "periodic"
+        wait = watch_interval_s if watch_interval_s > 0 else reconcile_interval_s
+        if pending is not None:
+            wait = min(wait or 5.0, 5.0)
+        if wait <= 0 or stop.wait(wait):
+            return
+
+
 def serve(
-    sync: AliasSync,
-    secret: str,
+    state: HookState,
     host: str,
     port: int,
     reconcile_interval_s: float,
+    watch_interval_s: float = 2.0,
     register_webhook: Callable[[], None] | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT; reconcile at start and then every ``reconcile_interval_s`` (0: never).
+    """Serve until SIGTERM/SIGINT, with the reconcile loop in a thread."""
+    import uvicorn
 
-    ``register_webhook`` runs before the first reconcile (so no alias move falls between the two) and
-    is retried until it succeeds: MLflow may come up after the hook.
-    """
-    httpd = SyncServer((host, port), sync, secret)
     stop = threading.Event()
-
-    def loop() -> None:
-        trigger = "startup"
-        pending = register_webhook
-        while not stop.is_set():
-            if pending is not None:
-                try:
-                    pending()
-                    httpd.webhook = {"registered": True, "error": None}
-                    pending = None
-                except Exception as exc:  # retried on the next round
-                    httpd.webhook = {"registered": False, "error": _describe(exc)}
-                    sys.stderr.write(f"{_utc_now()} registering the webhook failed: {_describe(exc)}\n")
-            result = sync.reconcile(trigger=trigger)
-            sys.stderr.write(f"{result.at} reconcile ({trigger}): {json.dumps(result.to_dict())}\n")
-            wait = reconcile_interval_s if reconcile_interval_s > 0 else (5.0 if pending else 0.0)
-            if wait <= 0 or stop.wait(wait):
-                return
-            trigger = "periodic"
-
-    def on_signal(signum: int, _frame: object) -> None:
-        stop.set()
-        threading.Thread(target=httpd.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    threading.Thread(target=loop, name="reconcile", daemon=True).start()
-    sys.stderr.write(f"{_utc_now()} alias sync for {sync.model_name}@{sync.alias} on http://{host}:{port}\n")
+    server = uvicorn.Server(uvicorn_config(build_app(state), host, port))
+    loop = threading.Thread(
+        target=run_loop,
+        args=(state, stop, reconcile_interval_s, watch_interval_s, register_webhook),
+        name="reconcile",
+        daemon=True,
+    )
+    loop.start()
+    sync = state.sync
+    urls = ", ".join(r.base_url for r in sync.replicas)
+    sys.stderr.write(f"{_utc_now()} alias sync for {sync.model_name} on http://{host}:{port} -> {urls}\n")
     try:
-        httpd.serve_forever()
+        server.run()  # uvicorn handles SIGTERM/SIGINT: it stops accepting, finishes, returns
     finally:
-        httpd.server_close()
+        stop.set()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -464,14 +864,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--tracking-uri", required=True)
-    parser.add_argument("--vllm-url", required=True)
+    parser.add_argument("--vllm-url", action="append", required=True, help="a vLLM replica (repeatable)")
     parser.add_argument("--model-name", required=True)
-    parser.add_argument("--alias", required=True)
-    parser.add_argument("--secret-file", type=Path, required=True)
+    parser.add_argument("--alias", default="champion", help="the alias the stable name follows")
+    parser.add_argument("--challenger-alias", default="challenger", help="served as <model>-<alias>")
+    parser.add_argument("--secret-file", type=Path, required=True, help="HMAC secret of MLflow's webhook")
+    parser.add_argument(
+        "--token-file", type=Path, required=True, help="token of /status, /reconcile, vLLM admin"
+    )
+    parser.add_argument("--api-key-file", type=Path, default=None, help="the vLLM servers' API key")
     parser.add_argument("--adapters-dir", type=Path, required=True)
     parser.add_argument("--reconcile-interval", type=float, default=30.0, help="seconds; 0 turns it off")
+    parser.add_argument("--watch-interval", type=float, default=2.0, help="seconds between drift checks")
+    parser.add_argument("--grace", type=float, default=300.0, help="seconds a retired version name stays")
     parser.add_argument("--max-lora-rank", type=int, default=None, help="the vLLM server's --max-lora-rank")
-    parser.add_argument("--swap", choices=["reload", "inplace"], default="reload")
+    parser.add_argument("--swap", choices=["inplace", "reload"], default="inplace")
     parser.add_argument(
         "--webhook-url",
         default=None,
@@ -486,19 +893,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     registry = Registry(
         args.tracking_uri,
-        RegistryParams(model_name=args.model_name, champion_alias=args.alias),
+        RegistryParams(
+            model_name=args.model_name, champion_alias=args.alias, challenger_alias=args.challenger_alias
+        ),
     )
-    sync = AliasSync(
+    token = read_or_create_secret(args.token_file)
+    api_key = read_or_create_secret(args.api_key_file) if args.api_key_file else None
+    replicas = [
+        VllmClient(url, max_lora_rank=args.max_lora_rank, swap=args.swap, api_key=api_key, admin_token=token)
+        for url in args.vllm_url
+    ]
+    sync = ModelSync(
         registry,
-        VllmClient(args.vllm_url, max_lora_rank=args.max_lora_rank, swap=args.swap),
+        replicas,
         args.adapters_dir,
         args.model_name,
-        args.alias,
+        champion_alias=args.alias,
+        aliases=(args.alias, args.challenger_alias),
+        grace_s=args.grace,
     )
-    secret = webhook_secret(args.secret_file)
+    state = HookState(sync, webhook_secret(args.secret_file), token)
     url = args.webhook_url or hook_url(args.host, args.port)
-    register = None if args.no_webhook else (lambda: registry.ensure_webhook(url, secret))
-    serve(sync, secret, args.host, args.port, args.reconcile_interval, register)
+    register = None if args.no_webhook else (lambda: registry.ensure_webhook(url, state.secret))
+    serve(state, args.host, args.port, args.reconcile_interval, args.watch_interval, register)
     return 0
 
 

