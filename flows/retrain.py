@@ -176,7 +176,7 @@ def evaluate_task(
     report = evaluate_version(
         server=server,
         client=CompletionClient(
-            urls.server,
+            urls.replica,
             timeout_s=params.evaluate.request_timeout_s,
             concurrency=params.evaluate.concurrency,
             api_key=server.api_key,

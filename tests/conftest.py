@@ -59,3 +59,11 @@ def workspace(tmp_path: Path) -> Iterator[Path]:
     ws = make_workspace(tmp_path / "ws")
     yield ws
     run_cli(ws, "down", timeout=120)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    """A throwaway tiny Llama and two LoRA adapters with different outputs (tests/fixtures_tiny_model.py)."""
+    from fixtures_tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))

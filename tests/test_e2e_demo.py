@@ -290,6 +290,13 @@ def test_chat_data_trains_and_evaluates_through_the_flow_and_rollback_hot_swaps(
         promote = run_cli(d.ws, "promote", version)
         assert promote.returncode == 0, promote.stderr
         status = _wait_served(d, version)
+    # `loraops rollback` goes back to the champion before: the hook kept every served one in the history.
+    history = json.loads(client.get_registered_model(d.model).tags["loraops.history.champion"])
+    assert history[-2:] == ["2", "1"]
+    rollback = run_cli(d.ws, "rollback")
+    assert rollback.returncode == 0, rollback.stderr
+    assert "-> v2, served" in rollback.stdout
+    status = _wait_served(d, "2")
     served = {m.id: m.root for m in VllmClient(d.endpoint, api_key=d.api_key).models()}
     assert served[d.model] == status["served_path"]
     assert first_json_object(d.ask(d.model, d.test_prompt())) is not None

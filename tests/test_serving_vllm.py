@@ -286,13 +286,6 @@ def test_base_weight_names_of_a_sharded_model(tmp_path: Path):
 # -- the real server -------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
-    from fixtures_tiny_model import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
-
-
 @pytest.fixture(scope="module")
 def server(
     tiny_model: tuple[Path, list[Path]], tmp_path_factory: pytest.TempPathFactory

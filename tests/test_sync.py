@@ -25,6 +25,7 @@ import pytest
 from mlflow.webhooks.delivery import _generate_hmac_signature
 
 from loraops.errors import ConfigError
+from loraops.gate.promote import previous_version
 from loraops.registry.params import RegistryParams
 from loraops.registry.server import WEBHOOK_CACHE_TTL_S
 from loraops.registry.tracking import Registry
@@ -165,8 +166,8 @@ def test_serving_needs_the_gate_or_a_persons_override():
 
 def test_canary_format_and_round_trip_through_its_tag():
     schema = {"type": "object", "required": ["queue"]}
-    canary = pick_canary(["p0", "p1", "p2"], [False, True, True], None)
-    assert canary == Canary("p1")
+    canary = pick_canary(["p0", "p1", "p2"], [False, True, True], None, [40, 30, 20])
+    assert canary == Canary("p1", max_tokens=38)
     from loraops.evaluate.metrics import FormatCheck
 
     canary = pick_canary(["p0", "p1"], [False, False], FormatCheck(json_schema=schema))
@@ -177,6 +178,14 @@ def test_canary_format_and_round_trip_through_its_tag():
     assert "empty" in (canary.problem("  ") or "")
     assert canary_of({}) == GREETING and canary_of({CANARY_TAG: "{broken"}) == GREETING
     assert GREETING.problem("anything") is None
+
+
+def test_the_previous_version_is_the_newest_other_entry_of_the_history():
+    assert previous_version(["1", "2", "1"], "1") == "2"
+    assert previous_version(["1", "2"], "2") == "1"
+    assert previous_version(["3"], "3") is None
+    assert previous_version([], None) is None
+    assert previous_version(["1", "2"], None) == "2"
 
 
 # -- with a real MLflow server ------------------------------------------------------------------------------
@@ -583,6 +592,19 @@ def test_a_deleted_alias_keeps_the_last_version_serving_with_a_warning(setup: Se
     assert setup.serves() == v1 and status["served_version"] == v1
     assert "is not set" in status["aliases"]["champion"]["warning"]
     assert status["in_sync"] is True
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_every_champion_the_hook_serves_goes_into_the_alias_history(setup: Setup):
+    v1, v2 = setup.register("one"), setup.register("two")
+    refused = setup.register("refused", gate="failed")
+    for version in (v1, v2, refused, v1):
+        setup.registry.set_champion(version)
+        setup.sync.reconcile()
+        setup.sync.reconcile()  # unchanged: not written twice
+    assert setup.registry.alias_history("champion") == [v1, v2, v1]  # the refused one was never served
+    assert previous_version(setup.registry.alias_history("champion"), v1) == v2
 
 
 @pytest.mark.e2e

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from loraops.errors import LoraopsError, StackError
+from loraops.errors import LoraopsError, StackError, StageError
 from loraops.workspace import Workspace
 
 _T0 = time.monotonic()
@@ -463,6 +463,37 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Move champion back to the version it served before (or --to N) and wait until it is served."""
+    from loraops.gate.promote import previous_version, promote_and_wait
+    from loraops.registry.tracking import Registry
+    from loraops.stack import local
+
+    ws = _workspace(args)
+    params = _params(ws)
+    urls = local.stack_urls(params)
+    registry = Registry(urls.mlflow, params.registry)
+    alias = params.registry.champion_alias
+    current = registry.champion()
+    history = registry.alias_history(alias)
+    target = str(args.to) if args.to else previous_version(history, current.version if current else None)
+    if target is None:
+        raise StageError(
+            f"{params.registry.model_name}@{alias} has no earlier version to go back to "
+            f"(history: {', '.join(history) or 'empty'})",
+            hint="name one with `loraops rollback --to N`",
+        )
+    started = time.monotonic()
+    token = local.serving_credentials(ws, params).admin_token
+    promote_and_wait(registry, params, registry.get_version(target), urls, token)
+    was = f"v{current.version}" if current else "nothing"
+    print(
+        f"== rolled back {params.registry.model_name}@{alias}: {was} -> v{target}, "
+        f"served {time.monotonic() - started:.1f} s after the alias moved"
+    )
+    return 0
+
+
 def cmd_schedule(args: argparse.Namespace) -> int:
     """Serve the retrain flow as a Prefect deployment on a cron schedule (runs until interrupted)."""
     from loraops.flows import load_flow
@@ -542,6 +573,11 @@ def build_parser() -> argparse.ArgumentParser:
     promote = sub.add_parser("promote", help="point the champion alias at a model version (also: MLflow UI)")
     promote.add_argument("version", type=int)
     promote.set_defaults(func=cmd_promote)
+    rollback = sub.add_parser(
+        "rollback", help="move champion back to the version it served before, and wait until it is served"
+    )
+    rollback.add_argument("--to", type=int, default=None, help="this version instead of the previous one")
+    rollback.set_defaults(func=cmd_rollback)
     try:
         from loraops.data.commands import add_data_commands
     except ImportError:  # pragma: no cover - data commands are part of the package

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import secrets
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,3 +39,15 @@ def read_or_create_secret(path: Path, make: Callable[[], str] | None = None) -> 
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(value + "\n")
     return value
+
+
+def publish_dir(built: Path, dest: Path) -> None:
+    """Put the finished directory ``built`` at ``dest`` by renames only (same filesystem), replacing what
+    was there: a reader sees the old directory or the new one, never a partial one. A process killed
+    between the two renames leaves ``.<name>.old-<pid>-*`` next to ``dest`` (data/prepare.py's
+    ``recover_dir`` restores it)."""
+    old = dest.parent / f".{dest.name}.old-{os.getpid()}-{os.urandom(3).hex()}"
+    if dest.exists():
+        dest.rename(old)
+    built.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)

@@ -28,6 +28,7 @@ from loraops.basemodel.recipe import BaseModelRecipe
 from loraops.basemodel.skills import general_suite, training_corpus
 from loraops.envs import PythonEnv, repo_root, require, run_streaming, trainer_env
 from loraops.errors import ConfigError, DataError
+from loraops.files import publish_dir
 from loraops.locks import file_lock
 from loraops.train.axolotl_runner import cpu_thread_env, run_axolotl_train
 
@@ -268,7 +269,7 @@ def _build(
     (model_dir / REPORT_FILE).write_text(json.dumps(report, indent=2), encoding="utf-8")
     for path in model_dir.iterdir():
         path.chmod(0o644)  # safetensors writes 0600; the cache may be shared (LORAOPS_CACHE)
-    model_dir.rename(target)
+    publish_dir(model_dir, target)
     scores = ", ".join(f"{skill} {v['exact_match']:.0%}" for skill, v in metrics["per_skill"].items())
     say(f"built {target} in {timings['total_s']:.0f} s; held-out exact match: {scores}")
 

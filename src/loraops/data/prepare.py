@@ -26,7 +26,7 @@ from loraops.data.split import SPLITS, in_review, review_fraction
 from loraops.data.tokens import TokenCounter
 from loraops.data.validate import OnIssue, ScanResult, SplitSink, scan
 from loraops.errors import DataError
-from loraops.files import file_md5
+from loraops.files import file_md5, publish_dir
 from loraops.locks import file_lock
 from loraops.prompts import CHAT_TEMPLATE, alpaca_prompt
 from loraops.workspace import Workspace
@@ -202,14 +202,6 @@ def recover_dir(prepared: Path) -> None:
             entry.rename(prepared)
         elif kind in ("old", "tmp"):
             shutil.rmtree(entry, ignore_errors=True)
-
-
-def publish_dir(built: Path, prepared: Path) -> None:
-    old = prepared.parent / f".{prepared.name}.old-{os.getpid()}-{os.urandom(3).hex()}"
-    if prepared.exists():
-        prepared.rename(old)
-    built.rename(prepared)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def is_current(workspace: Workspace, params: DataParams) -> bool:

@@ -188,6 +188,6 @@ def canary_from_evaluation(report: EvalReport, test_file: Path, params: EvalPara
     if params.max_test_examples is not None:
         records = records[: params.max_test_examples]
     fmt = FormatCheck(params.format.json_schema, params.format.regex) if params.format else None
-    scores = report.task.runs["candidate"].scores
-    good = [s.get("format", s.get("json_valid", 1.0)) >= 1.0 for s in scores]
-    return pick_canary([request_of(r) for r in records], good, fmt)
+    candidate = report.task.runs["candidate"]
+    good = [s.get("format", s.get("json_valid", 1.0)) >= 1.0 for s in candidate.scores]
+    return pick_canary([request_of(r) for r in records], good, fmt, candidate.completion_tokens)

@@ -47,7 +47,8 @@ def promote_and_wait(
     last: dict[str, Any] = {}
     while time.monotonic() < deadline:
         last = sync_status(urls.sync, token)
-        if str(last.get("served_version")) == str(version.version) and last.get("served_path"):
+        served = str(last.get("served_version")) == str(version.version) and last.get("served_path")
+        if served and last.get("in_sync"):  # every replica, not only the first
             return str(last["served_path"])
         refused = ((last.get("aliases") or {}).get(params.registry.champion_alias) or {}).get("refused")
         if refused and str(refused.get("version")) == str(version.version):
@@ -63,6 +64,11 @@ def promote_and_wait(
         f"version {version.version} passed the gate but the server did not serve it: {error}",
         hint=f"the alias was moved back; see .loraops/logs/sync.log and {urls.sync}/status",
     )
+
+
+def previous_version(history: list[str], current: str | None) -> str | None:
+    """The version an alias served before ``current``: the newest history entry that differs from it."""
+    return next((v for v in reversed(history) if v != current), None)
 
 
 def apply_decision(

@@ -7,6 +7,7 @@ Every MLflow call goes through this module, so the rest of loraops sees ``ModelV
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shutil
 import tempfile
@@ -23,10 +24,12 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from loraops.errors import StackError, StageError
+from loraops.files import publish_dir
 from loraops.registry.params import RegistryParams
 from loraops.services import http_ok
 
 WEBHOOK_NAME = "loraops-alias-sync"
+HISTORY_TAG = "loraops.history."  # + alias: JSON list of the versions it served, oldest first
 WEBHOOK_EVENTS = ["model_version_alias.created", "model_version_alias.deleted"]
 # MLflow's log_batch limits per request.
 _MAX_PARAMS_PER_BATCH = 100
@@ -350,6 +353,33 @@ class Registry:
                 if not _not_found(exc):
                     raise
 
+    def alias_history(self, alias: str) -> list[str]:
+        """The versions ``alias`` served, oldest first (model tag ``loraops.history.<alias>``)."""
+        with self.errors(f"reading the {alias} history of {self.params.model_name}"):
+            try:
+                tags = self.client.get_registered_model(self.params.model_name).tags or {}
+            except MlflowException as exc:
+                if _not_found(exc):
+                    return []
+                raise
+        try:
+            found = json.loads(tags.get(HISTORY_TAG + alias, "[]"))
+        except ValueError:
+            return []
+        return [str(v) for v in found] if isinstance(found, list) else []
+
+    def push_alias_history(self, alias: str, version: str, keep: int = 50) -> list[str]:
+        """Append ``version`` to the alias history (unless it is already the last entry); keeps ``keep``."""
+        history = self.alias_history(alias)
+        if history and history[-1] == str(version):
+            return history
+        history = [*history, str(version)][-keep:]
+        with self.errors(f"recording the {alias} history of {self.params.model_name}"):
+            self.client.set_registered_model_tag(
+                self.params.model_name, HISTORY_TAG + alias, json.dumps(history)
+            )
+        return history
+
     def download_adapter(self, version: str, dest: Path) -> Path:
         """Download the version's adapter directory to ``dest``, replacing what is there.
 
@@ -367,13 +397,7 @@ class Registry:
                     f"{self.params.model_name} version {version} is a single file, not an adapter directory",
                     hint=f"its source is {info.source}",
                 )
-            old = None
-            if dest.exists():
-                old = dest.with_name(f".{dest.name}.old-{time.time_ns()}")
-                dest.rename(old)
-            got.rename(dest)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            publish_dir(got, dest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return dest

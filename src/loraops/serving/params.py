@@ -32,6 +32,16 @@ class ServingParams(BaseModel):
 
     host: str = Field(default="127.0.0.1", description="Interface the OpenAI-compatible server binds to.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port of the OpenAI-compatible server.")
+    replicas: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="vLLM servers serving the same adapters. With more than one, replica i listens on "
+        "port + 1 + i and vLLM's own router (vllm-router) listens on port and spreads requests over them.",
+    )
+    router_policy: Literal["round_robin", "power_of_two", "cache_aware", "random"] = Field(
+        default="round_robin", description="How vllm-router picks a replica (replicas > 1)."
+    )
     max_lora_rank: int = Field(
         default=16,
         description="Largest LoRA rank the server accepts (vLLM allows 1, 8, 16, 32, 64, 128, 256, 320, "
@@ -87,6 +97,12 @@ class ServingParams(BaseModel):
         gt=0,
         description="How long to wait for /health at start-up (vLLM on 2 CPU cores takes 1-2 minutes).",
     )
+
+    def replica_ports(self) -> list[int]:
+        """The port of each vLLM replica: ``port`` itself for one, ``port + 1 + i`` behind the router."""
+        if self.replicas == 1:
+            return [self.port]
+        return [self.port + 1 + i for i in range(self.replicas)]
 
     @field_validator("max_lora_rank")
     @classmethod

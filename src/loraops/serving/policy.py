@@ -19,7 +19,7 @@ GATE_TAG = "gate"
 OVERRIDE_TAG = "loraops.serve_override"
 REFUSED_TAG = "loraops.serving.refused"
 CANARY_TAG = "loraops.canary"
-CANARY_MAX_TOKENS = 64
+CANARY_MAX_TOKENS = 256  # the most a canary may ask for (it runs before every switch)
 _TAG_LIMIT = 5000  # MLflow's limit on a tag value
 
 
@@ -56,6 +56,7 @@ class Canary:
     request: str | list[dict[str, str]]
     json_schema: dict[str, Any] | None = None
     regex: str | None = None
+    max_tokens: int = 8  # what the version needed for this answer at evaluation, plus a margin
 
     def problem(self, answer: str) -> str | None:
         """None when ``answer`` is acceptable, else what is wrong with it (one line)."""
@@ -69,7 +70,7 @@ class Canary:
         return None
 
     def to_tag(self) -> str:
-        doc: dict[str, Any] = {"request": self.request}
+        doc: dict[str, Any] = {"request": self.request, "max_tokens": self.max_tokens}
         if self.json_schema is not None:
             doc["json_schema"] = self.json_schema
         if self.regex is not None:
@@ -96,16 +97,27 @@ def canary_of(tags: dict[str, str]) -> Canary:
         return GREETING
     if not isinstance(request, str | list):
         return GREETING
-    return Canary(request, doc.get("json_schema"), doc.get("regex"))
+    try:
+        max_tokens = min(CANARY_MAX_TOKENS, max(1, int(doc.get("max_tokens", 64))))
+    except (TypeError, ValueError):
+        max_tokens = 64
+    return Canary(request, doc.get("json_schema"), doc.get("regex"), max_tokens)
 
 
 def pick_canary(
-    requests: list[str | list[dict[str, str]]], format_ok: list[bool], fmt: FormatCheck | None
+    requests: list[str | list[dict[str, str]]],
+    format_ok: list[bool],
+    fmt: FormatCheck | None,
+    answer_tokens: list[int] | None = None,
 ) -> Canary:
-    """The first test request the candidate answered in the expected format (the first one otherwise)."""
+    """The first test request the candidate answered in the expected format (the first one otherwise),
+    asking for as many tokens as that answer took plus a margin (the canary runs before every switch,
+    so it is kept short)."""
     index = next((i for i, ok in enumerate(format_ok) if ok), 0)
+    used = answer_tokens[index] if answer_tokens and index < len(answer_tokens) else 56
     return Canary(
         requests[index] if requests else "Hello.",
         fmt.json_schema if fmt else None,
         fmt.regex if fmt else None,
+        min(CANARY_MAX_TOKENS, max(8, used + 8)),
     )

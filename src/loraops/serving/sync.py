@@ -44,7 +44,6 @@ from loraops.files import read_or_create_secret
 from loraops.services import ServiceSpec, http_url
 from loraops.serving.names import stable_name, version_dir, version_name
 from loraops.serving.policy import (
-    CANARY_MAX_TOKENS,
     REFUSED_TAG,
     canary_of,
     serve_permission,
@@ -194,6 +193,8 @@ class AdapterSource(Protocol):
 
     def tag_version(self, version: str, tags: dict[str, Any]) -> None: ...
 
+    def push_alias_history(self, alias: str, version: str, keep: int = 50) -> list[str]: ...
+
 
 class ServingBackend(Protocol):
     """What the hook needs from one inference server (``loraops.serving.vllm.VllmClient``)."""
@@ -305,6 +306,7 @@ class ModelSync:
         self._refused_keys: set[tuple[str, str, str]] = set()  # (version, kind, reason) already recorded
         self._canary_failed: dict[str, str] = {}  # version -> why (the adapter never changes)
         self._unwanted_since: dict[str, float] = {}  # served version name -> when no alias wanted it
+        self._history_last: dict[str, str] = {}  # alias -> the last version written to its history
         self._drift_since: float | None = None
 
     def version_dir(self, version: str) -> Path:
@@ -404,6 +406,7 @@ class ModelSync:
         if not todo:
             self.refusals.pop(alias, None)
             desired[stable] = desired[vname] = str(dest)
+            self._note_served(alias, version)
             return [], "unchanged"
         for path in {p for p in current.values() if p}:  # what serves now keeps serving on a refusal
             desired.setdefault(stable, path)
@@ -426,7 +429,7 @@ class ModelSync:
             if served[i].get(vname) != str(dest):
                 replica.load_adapter(vname, str(dest))
                 served[i][vname] = str(dest)
-            problem = canary.problem(replica.complete(vname, canary.request, CANARY_MAX_TOKENS))
+            problem = canary.problem(replica.complete(vname, canary.request, canary.max_tokens))
             if problem is not None:
                 self._canary_failed[version] = problem
                 self._refuse(alias, version, "canary", problem)
@@ -441,7 +444,19 @@ class ModelSync:
             done.append(f"{stable} -> v{version} on {replica.base_url}")
         self.refusals.pop(alias, None)
         desired[stable] = desired[vname] = str(dest)
+        self._note_served(alias, version)
         return done, "loaded"
+
+    def _note_served(self, alias: str, version: str) -> None:
+        """Append ``version`` to the alias history on the registered model (what ``loraops rollback``
+        reads), once per change: every move is seen here, the MLflow UI's included."""
+        if self._history_last.get(alias) == version:
+            return
+        try:
+            self.registry.push_alias_history(alias, version)
+            self._history_last[alias] = version
+        except Exception as exc:  # retried at the next reconcile
+            sys.stderr.write(f"{_utc_now()} recording the {alias} history failed: {_describe(exc)}\n")
 
     def _refuse(self, alias: str, version: str, kind: Literal["gate", "canary"], reason: str) -> None:
         refusal = Refusal(version, alias, kind, reason, self._clock())

@@ -57,17 +57,29 @@ def detect_device(env: PythonEnv) -> Device:
 
 
 def server_url(params: ServingParams) -> str:
-    """Base URL of the server (without /v1)."""
+    """Base URL applications call (without /v1): the server, or the router in front of the replicas."""
     return http_url(params.host, params.port)
 
 
-def server_args(model: str, served_name: str, params: ServingParams, device: Device) -> list[str]:
+def replica_urls(params: ServingParams) -> list[str]:
+    """Base URL of each vLLM replica (the sync hook and the evaluation talk to them directly)."""
+    return [http_url(params.host, port) for port in params.replica_ports()]
+
+
+def replica_name(params: ServingParams, index: int) -> str:
+    """The service name of replica ``index``: ``vllm`` alone, ``vllm-<i>`` behind the router."""
+    return "vllm" if params.replicas == 1 else f"vllm-{index}"
+
+
+def server_args(
+    model: str, served_name: str, params: ServingParams, device: Device, port: int | None = None
+) -> list[str]:
     """Command-line flags of the OpenAI-compatible server (after ``python -m SERVER_MODULE``)."""
     args = [
         "--model", model,
         "--served-model-name", served_name,
         "--host", params.host,
-        "--port", str(params.port),
+        "--port", str(port or params.port),
         "--enable-lora",
         "--max-lora-rank", str(params.max_lora_rank),
         "--max-loras", str(params.max_loras),
@@ -98,8 +110,10 @@ def vllm_service_spec(
     *,
     api_key: str | None = None,
     admin_token_file: Path | None = None,
+    replica: int = 0,
 ) -> ServiceSpec:
-    """The server as a managed service: runs in the server environment, healthy when /health answers.
+    """The server (replica ``replica`` of ``params.replicas``) as a managed service: runs in the server
+    environment, healthy when /health answers.
 
     ``api_key``: every ``/v1`` request needs ``Authorization: Bearer <api_key>`` (vLLM's own check).
     ``admin_token_file``: the runtime load/unload endpoints also need the ``X-Loraops-Admin`` token
@@ -111,14 +125,45 @@ def vllm_service_spec(
     if api_key:
         variables["VLLM_API_KEY"] = api_key  # in the environment, not on the command line (ps shows that)
     variables[ADMIN_TOKEN_FILE_ENV] = str(admin_token_file.resolve()) if admin_token_file else ""
-    args = [*server_args(model, served_name, params, device), "--middleware", ADMIN_GUARD]
+    port = params.replica_ports()[replica]
+    args = [*server_args(model, served_name, params, device, port), "--middleware", ADMIN_GUARD]
     return ServiceSpec(
-        name="vllm",
+        name=replica_name(params, replica),
         command=[env.python, "-m", SERVER_MODULE, *args],
-        port=params.port,
-        health_url=f"{server_url(params)}/health",
+        port=port,
+        health_url=http_url(params.host, port, "/health"),
         env=env.service_vars(variables),
         path_prefix=[env.bin],
+        start_timeout_s=params.start_timeout_s,
+        config_key="serving.port",
+    )
+
+
+def router_service_spec(params: ServingParams) -> ServiceSpec:
+    """vLLM's own router (vllm-router, from the control environment) on ``serving.port``, spreading
+    requests over the replicas; it checks their /health every 2 s and retries a failed request on
+    another replica. Clients' Authorization headers are passed through to the replicas."""
+    from loraops.envs import control_env
+
+    command = [
+        control_env().bin / "vllm-router",
+        "--host", params.host,
+        "--port", str(params.port),
+        "--worker-urls", *replica_urls(params),
+        "--policy", params.router_policy,
+        "--health-check-interval-secs", "2",
+        "--health-failure-threshold", "1",
+        "--health-success-threshold", "1",
+        "--retry-max-retries", "3",
+        "--log-level", "warning",
+        "--worker-startup-timeout-secs", str(int(params.start_timeout_s)),
+        "--worker-startup-check-interval", "2",
+    ]  # fmt: skip
+    return ServiceSpec(
+        name="router",
+        command=command,
+        port=params.port,
+        health_url=http_url(params.host, params.port, "/health"),
         start_timeout_s=params.start_timeout_s,
         config_key="serving.port",
     )

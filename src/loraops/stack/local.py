@@ -17,10 +17,16 @@ from loraops.files import read_or_create_secret
 from loraops.registry.server import mlflow_service_spec
 from loraops.services import RunningService, ServiceManager, ServiceSpec, http_url, port_is_free
 from loraops.serving.sync import sync_service_spec
-from loraops.serving.vllm import VllmClient, vllm_service_spec
+from loraops.serving.vllm import (
+    VllmClient,
+    replica_name,
+    replica_urls,
+    router_service_spec,
+    vllm_service_spec,
+)
 from loraops.workspace import Workspace
 
-START_ORDER = ("mlflow", "prefect", "vllm", "sync")
+START_ORDER = ("mlflow", "prefect", "vllm", "router", "sync")
 
 
 @dataclass(frozen=True)
@@ -30,11 +36,18 @@ class StackUrls:
     prefect_api: str
     endpoint: str
     sync: str
+    replicas: tuple[str, ...] = ()
 
     @property
     def server(self) -> str:
-        """The vLLM server's root URL (the endpoint without /v1), for health and adapter calls."""
+        """The root URL applications call (the endpoint without /v1): vLLM, or the router in front."""
         return self.endpoint.removesuffix("/v1")
+
+    @property
+    def replica(self) -> str:
+        """The first vLLM replica's root URL: where loraops itself loads and asks the versions it
+        evaluates (a load through the router would land on one replica only)."""
+        return self.replicas[0] if self.replicas else self.server
 
 
 def stack_urls(params: Params) -> StackUrls:
@@ -46,6 +59,7 @@ def stack_urls(params: Params) -> StackUrls:
         prefect_api=prefect_api,
         endpoint=http_url(params.serving.host, params.serving.port, "/v1"),
         sync=http_url(host, params.stack.sync_port),
+        replicas=tuple(replica_urls(params.serving)),
     )
 
 
@@ -98,20 +112,28 @@ def serving_credentials(ws: Workspace, params: Params) -> ServingCredentials:
 
 
 def vllm_client(ws: Workspace, params: Params, timeout_s: float = 30.0) -> VllmClient:
-    """A client of the stack's vLLM server with its API key and admin token."""
+    """A client of the stack's first vLLM replica with its API key and admin token."""
     creds = serving_credentials(ws, params)
-    return VllmClient.for_params(
-        params.serving, timeout_s, api_key=creds.api_key, admin_token=creds.admin_token
+    return VllmClient(
+        stack_urls(params).replica,
+        timeout_s,
+        max_lora_rank=params.serving.max_lora_rank,
+        swap=params.serving.swap,
+        api_key=creds.api_key,
+        admin_token=creds.admin_token,
     )
 
 
 def check_ports(ws: Workspace, params: Params) -> None:
     """Fail before anything starts when a port we need is taken by something that is not ours."""
     manager = ServiceManager(ws.state)
+    serving = params.serving
     wanted = [
-        ("vllm", params.serving.port, "serving.port"),
-        ("sync", params.stack.sync_port, "stack.sync_port"),
+        (replica_name(serving, i), port, "serving.port") for i, port in enumerate(serving.replica_ports())
     ]
+    wanted.append(("sync", params.stack.sync_port, "stack.sync_port"))
+    if serving.replicas > 1:
+        wanted.append(("router", serving.port, "serving.port"))
     if params.stack.tracking_uri is None:
         wanted.append(("mlflow", params.stack.mlflow_port, "stack.mlflow_port"))
     if params.stack.prefect_api_url is None:
@@ -154,15 +176,22 @@ def up(
     manager = ServiceManager(ws.state, on_event)
     first = _control_plane_specs(ws, params)
     creds = serving_credentials(ws, params)
-    first.append(
+    first += [
         vllm_service_spec(
             base_model,
             params.base_model.name(),
             params.serving,
             api_key=creds.api_key,
             admin_token_file=creds.admin_token_file,
+            replica=i,
         )
-    )
+        for i in range(params.serving.replicas)
+    ]
+    if params.serving.replicas > 1:
+        first.append(router_service_spec(params.serving))
+    for svc in manager.running():  # fewer replicas than before: stop the extra ones
+        if svc.name.startswith("vllm") and svc.name not in {s.name for s in first}:
+            manager.stop(svc.name)
     manager.start_all(first)
     manager.start(
         sync_service_spec(
@@ -170,7 +199,7 @@ def up(
             port=params.stack.sync_port,
             host=params.stack.host,
             tracking_uri=urls.mlflow,
-            vllm_urls=[urls.server],
+            vllm_urls=list(urls.replicas),
             model_name=params.registry.model_name,
             champion_alias=params.registry.champion_alias,
             challenger_alias=params.registry.challenger_alias,
