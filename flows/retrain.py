@@ -309,7 +309,12 @@ def retrain(
         job_file = run_dir / "training-job.json"
         if job_file.is_file():
             run.log_artifact(job_file, "train-log")
-        version = registry.register_adapter(run.run_id, "adapter", tags={**lineage, **trained.run_tags()})
+        version = registry.register_adapter(
+            run.run_id,
+            "adapter",
+            tags={**lineage, **trained.run_tags()},
+            served_on=params.base_model.name(),  # the stack of this base model serves it
+        )
         logger.info("registered %s version %s", version.name, version.version)
         trained_summary = {
             "launcher": trained.launcher,

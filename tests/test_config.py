@@ -94,3 +94,26 @@ def test_replay_with_a_real_model_needs_its_own_examples(tmp_path: Path):
         load_params(_write(tmp_path, text))
     ok = load_params(_write(tmp_path, text + "  replay_file: data/general.jsonl\n"))
     assert ok.train.replay_file == "data/general.jsonl"
+
+
+def test_lora_slots_are_sized_from_the_models_served(tmp_path: Path):
+    served = load_params(_write(tmp_path, "serving:\n  max_models: 3\n")).serving
+    assert served.lora_slots() == (6, 18)  # 2 x models in a batch, 6 x models loaded
+    with pytest.raises(ConfigError, match=rf"{tmp_path}/params.yaml:1: serving: max_loras 2 cannot hold"):
+        load_params(_write(tmp_path, "serving:\n  max_models: 3\n  max_loras: 2\n"))
+    with pytest.raises(ConfigError, match=r"max_cpu_loras 8 is fewer than the 12 adapters"):
+        load_params(_write(tmp_path, "serving:\n  max_cpu_loras: 8\n"))
+    explicit = load_params(_write(tmp_path, "serving:\n  max_models: 1\n  max_loras: 4\n")).serving
+    assert explicit.lora_slots() == (4, 6)
+
+
+def test_a_shared_stack_needs_its_registry_and_its_secrets(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"set stack\.tracking_uri to that server too"):
+        load_params(_write(tmp_path, "stack:\n  sync_url: http://127.0.0.1:8765\n"))
+    text = "stack:\n  sync_url: http://127.0.0.1:8765\n  tracking_uri: http://127.0.0.1:5000\n"
+    with pytest.raises(ConfigError, match=r"set serving\.admin_token_file"):
+        load_params(_write(tmp_path, text))
+    ok = load_params(
+        _write(tmp_path, text + "serving:\n  admin_token_file: ../ws/.loraops/vllm-admin.token\n")
+    )
+    assert ok.stack.sync_url == "http://127.0.0.1:8765"

@@ -168,3 +168,31 @@ def test_dvc_repro_gives_the_same_result(tmp_path: Path, tok: Path) -> None:
     assert locked_hash(ws, params) == v.dvc_hash
     assert prepared_files(ws) == before
     assert prepare(ws, params, tokenizer_dir=tok, sequence_len=SEQ).unchanged
+
+
+def test_the_shipped_dvc_yaml_takes_its_paths_from_params(tmp_path: Path, tok: Path) -> None:
+    """The repository's dvc.yaml names ${data.raw} and ${data.prepared_dir}: a task whose raw file is not
+    the demo's versions its data as is; a stage that depends on another file is refused in one line."""
+    ws = make_ws(tmp_path / "ws", tok)
+    doc = yaml.safe_load(ws.params_file.read_text("utf-8"))
+    doc["data"]["raw"] = "data/raw/routing.jsonl"
+    ws.params_file.write_text(yaml.safe_dump(doc), "utf-8")
+    shutil.copy2(Path(__file__).resolve().parents[1] / "dvc.yaml", ws.root / "dvc.yaml")
+    params = data_params(ws)
+    write_jsonl(ws.root / params.raw, alpaca_records(120))
+    prepare(ws, params, tokenizer_dir=tok, sequence_len=SEQ)
+    with pytest.raises(DataError, match=r"takes data\.prepared_dir from params\.yaml"):
+        version_data(ws, params, push=False)  # DVC reads the value from params.yaml, not loraops' default
+    doc["data"]["prepared_dir"] = "data/prepared"
+    ws.params_file.write_text(yaml.safe_dump(doc), "utf-8")
+    assert version_data(ws, params, push=False).dvc_hash == locked_hash(ws, params)
+    stage = yaml.safe_load((ws.root / "dvc.lock").read_text("utf-8"))["stages"]["prepare"]
+    assert [d["path"] for d in stage["deps"]] == ["data/raw/routing.jsonl"]
+
+    (ws.root / "dvc.yaml").write_text(
+        "stages:\n  prepare:\n    cmd: loraops data prepare\n    deps: [data/raw/tickets.jsonl]\n"
+        "    outs: [data/prepared]\n",
+        "utf-8",
+    )
+    with pytest.raises(DataError, match=r"does not depend on data/raw/routing\.jsonl \(data\.raw\)"):
+        version_data(ws, params, push=False)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import csv
 import json
 import struct
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,11 +21,12 @@ from mlflow import MlflowClient
 from openai import OpenAI
 
 from conftest import make_workspace, run_cli
-from loraops.data.demo import as_chat
+from loraops.data.demo import as_chat, routing_schema, write_demo_dataset
 from loraops.evaluate.metrics import first_json_object
 from loraops.evaluate.suite import question_of, reference_of
 from loraops.gate.promote import sync_status
 from loraops.services import ServiceManager
+from loraops.serving.policy import CANARY_TAG, OVERRIDE_TAG
 from loraops.serving.vllm import VllmClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -36,11 +39,18 @@ def _wait_served(d: Demo, version: str, timeout_s: float = 60) -> dict:
     deadline = time.monotonic() + timeout_s
     status: dict = {}
     while time.monotonic() < deadline:
-        status = sync_status(sync, d.admin_token)
-        if str(status.get("served_version")) == version:
+        status = sync_status(sync, d.admin_token, d.model)
+        # in_sync: the hook finished that reconcile (history recorded), not only loaded the adapter
+        if str(status.get("served_version")) == version and status.get("in_sync"):
             return status
         time.sleep(0.5)
     raise AssertionError(f"version {version} not served: {status}")
+
+
+def get_json_with_token(url: str, token: str) -> dict:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})  # noqa: S310
+    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 (loopback)
+        return json.loads(resp.read())
 
 
 class Demo:
@@ -266,12 +276,12 @@ def test_chat_data_trains_and_evaluates_through_the_flow_and_rollback_hot_swaps(
     d.switch_to_chat_data()
     retrain = run_cli(d.ws, "retrain")
     output = retrain.stdout + retrain.stderr
-    # 0: passed; 3: refused against the champion (chat data is other data: no determinism applies)
-    assert retrain.returncode in (0, 3), output[-4000:]
+    # training and greedy evaluation are deterministic: the chat version passes the gate and is promoted
+    assert retrain.returncode == 0, output[-4000:]
     assert "prepared data: prepared:" in output and "(chat," in output, output[-4000:]
     client = MlflowClient(tracking_uri=d.mlflow, registry_uri=d.mlflow)
     v5 = client.get_model_version(d.model, "5")
-    assert v5.tags["gate"] in {"passed", "failed"}
+    assert v5.tags["gate"] == "passed"
     run = client.get_run(v5.run_id)
     config_dir = Path(client.download_artifacts(v5.run_id, "axolotl", str(d.ws / ".loraops" / "check")))
     rendered = yaml.safe_load((config_dir / "axolotl.yaml").read_text())
@@ -300,6 +310,139 @@ def test_chat_data_trains_and_evaluates_through_the_flow_and_rollback_hot_swaps(
     served = {m.id: m.root for m in VllmClient(d.endpoint, api_key=d.api_key).models()}
     assert served[d.model] == status["served_path"]
     assert first_json_object(d.ask(d.model, d.test_prompt())) is not None
+    assert d.vllm_pid() == pid, "the server was restarted"
+
+
+ROUTING_KEYS = {"team", "sla"}
+
+
+class Traffic:
+    """Client threads asking stable names in a loop; every answer is kept with the name it came from."""
+
+    def __init__(self, d: Demo, prompts: dict[str, list[str]], clients_per_name: int = 2) -> None:
+        self.d, self.prompts = d, prompts
+        self.answers: dict[str, list[str]] = {name: [] for name in prompts}
+        self.failures: list[str] = []
+        self.stop = threading.Event()
+        self.threads = [
+            threading.Thread(target=self._loop, args=(name,), daemon=True)
+            for name in prompts
+            for _ in range(clients_per_name)
+        ]
+
+    def _loop(self, name: str) -> None:
+        client = OpenAI(base_url=self.d.endpoint, api_key=self.d.api_key, max_retries=0, timeout=60)
+        i = 0
+        while not self.stop.wait(0.05):  # paced: the hook and the CLI need some of the 2 cores too
+            prompt = self.prompts[name][i % len(self.prompts[name])]
+            i += 1
+            try:
+                resp = client.chat.completions.create(
+                    model=name, messages=[{"role": "user", "content": prompt}], max_tokens=48, temperature=0
+                )
+                self.answers[name].append(resp.choices[0].message.content or "")
+            except Exception as exc:  # every failed request is a finding
+                self.failures.append(f"{name}: {type(exc).__name__}: {exc}")
+
+    def __enter__(self) -> Traffic:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=120)
+
+
+def test_a_second_task_is_served_beside_the_first_and_each_moves_alone(
+    demo: tuple[Demo, str], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A second workspace (the routing task, its own params.yaml) uses the first one's stack: trained,
+    gated and served on the same vLLM under its own names; then both models are promoted, one after the
+    other, under traffic to both names. No request fails, every
+    answer has its own task's fields, a promotion of one model leaves the other's names as they were."""
+    d, _ = demo
+    pid = d.vllm_pid()
+    routing_model = "ticket-routing"
+    ws2 = make_workspace(
+        tmp_path_factory.mktemp("routing") / "ws",
+        overrides={
+            "registry": {"model_name": routing_model, "experiment": "routing"},
+            "data": {"raw": "data/raw/routing.jsonl"},
+            "evaluate": {"format": {"json_schema": routing_schema()}},
+            "stack": {
+                "tracking_uri": d.mlflow,
+                "prefect_api_url": f"http://127.0.0.1:{d.params['stack']['prefect_port']}/api",
+                "sync_url": f"http://127.0.0.1:{d.params['stack']['sync_port']}",
+            },
+            "serving": {
+                "port": d.params["serving"]["port"],
+                "api_key_file": str(d.ws / ".loraops" / "vllm-api.key"),
+                "admin_token_file": str(d.ws / ".loraops" / "vllm-admin.token"),
+            },
+        },
+    )
+    write_demo_dataset(ws2 / "data" / "raw" / "routing.jsonl", task="routing")
+    up = run_cli(ws2, "up")
+    assert up.returncode == 0, (up.stdout + up.stderr)[-3000:]
+    assert "ticket-routing is not served yet" in up.stdout + up.stderr
+    retrain = run_cli(ws2, "retrain")  # (no traffic meanwhile: on 2 cores it would starve the training)
+    output = retrain.stdout + retrain.stderr
+    assert retrain.returncode == 0, output[-4000:]
+    client = d.client()
+    assert client.get_model_version(routing_model, "1").tags["gate"] == "passed"
+    assert (
+        client.get_registered_model(routing_model).tags["loraops.serving.base"]
+        == d.params["base_model"]["recipe"]["name"]
+    )
+    routing_status = sync_status(
+        f"http://127.0.0.1:{d.params['stack']['sync_port']}", d.admin_token, routing_model
+    )
+    assert str(routing_status["served_version"]) == "1" and routing_status["in_sync"]
+    triage_prompts = d.test_cases(8)[0]
+
+    # A second routing version (the same adapter, registered again; a person's override serves it).
+    adapter = d.artifact(client.get_model_version(routing_model, "1").run_id, "adapter")
+    register = run_cli(ws2, "register", str(adapter))
+    assert register.returncode == 0, register.stderr
+    client.set_model_version_tag(routing_model, "2", OVERRIDE_TAG, "e2e: same adapter as v1")
+    v1_canary = client.get_model_version(routing_model, "1").tags[CANARY_TAG]  # (a generic prompt's
+    client.set_model_version_tag(routing_model, "2", CANARY_TAG, v1_canary)  # answer is empty for it)
+    triage_versions = [d.client().get_model_version_by_alias(d.model, "champion").version, "1"]
+    routing_prompts = [
+        question_of(json.loads(line))
+        for line in (ws2 / "data/prepared/test.jsonl").read_text().splitlines()[:8]
+    ]
+    sync = f"http://127.0.0.1:{d.params['stack']['sync_port']}"
+    with Traffic(d, {d.model: triage_prompts, routing_model: routing_prompts}) as both:
+        for ws, model, version in (
+            (ws2, routing_model, "2"),
+            (d.ws, d.model, triage_versions[1]),
+            (ws2, routing_model, "1"),
+            (d.ws, d.model, triage_versions[0]),
+        ):
+            other = d.model if model == routing_model else routing_model
+            before = sync_status(sync, d.admin_token, other)
+            promote = run_cli(ws, "promote", version)
+            assert promote.returncode == 0, promote.stderr
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                now = sync_status(sync, d.admin_token, model)
+                if str(now.get("served_version")) == version and now.get("in_sync"):
+                    break
+                time.sleep(0.3)
+            else:
+                raise AssertionError(f"{model} v{version} not served: {now}")
+            after = sync_status(sync, d.admin_token, other)
+            assert after["replicas"][0]["serving"] == before["replicas"][0]["serving"], (model, version)
+            time.sleep(2)  # traffic on the new version
+    assert both.failures == []
+    assert len(both.answers[d.model]) > 20 and len(both.answers[routing_model]) > 20
+    assert all(set(first_json_object(a) or {}) == TRIAGE_KEYS for a in both.answers[d.model])
+    assert all(set(first_json_object(a) or {}) == ROUTING_KEYS for a in both.answers[routing_model])
+    overview = get_json_with_token(f"{sync}/status", d.admin_token)
+    assert set(overview["models"]) == {d.model, routing_model} and overview["not_served"] == {}
     assert d.vllm_pid() == pid, "the server was restarted"
 
 

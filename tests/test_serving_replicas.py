@@ -21,7 +21,7 @@ from loraops.registry.params import RegistryParams
 from loraops.registry.tracking import Registry
 from loraops.services import ServiceManager, free_port, port_is_free
 from loraops.serving.params import ServingParams
-from loraops.serving.sync import HookState, ModelSync, run_loop
+from loraops.serving.sync import HookState, ModelSync, ServingHook, run_loop
 from loraops.serving.vllm import VllmClient, replica_urls, router_service_spec, vllm_service_spec
 
 if TYPE_CHECKING:
@@ -86,7 +86,9 @@ def stack(
     replicas = [VllmClient(url, api_key=API_KEY, admin_token=ADMIN) for url in replica_urls(params)]
     sync = ModelSync(registry, replicas, state / "adapters", MODEL, grace_s=1.0)
     stop = threading.Event()
-    loop = threading.Thread(target=run_loop, args=(HookState(sync, "s", ADMIN), stop, 3.0, 0.5), daemon=True)
+    loop = threading.Thread(
+        target=run_loop, args=(HookState(ServingHook.single(sync), "s", ADMIN), stop, 3.0, 0.5), daemon=True
+    )
     loop.start()
     try:
         yield Stack(params, manager, specs, replicas, sync, registry, f"http://127.0.0.1:{params.port}")

@@ -46,9 +46,9 @@ ADMIN_TOKEN = "admin-token-for-tests"
 
 def test_defaults_are_valid_and_cpu_safe():
     p = ServingParams()
-    assert (p.max_lora_rank, p.max_loras, p.dtype, p.enable_prefix_caching, p.swap) == (
+    assert (p.max_lora_rank, p.lora_slots(), p.dtype, p.enable_prefix_caching, p.swap) == (
         16,
-        2,
+        (4, 12),
         "float32",
         False,
         "inplace",
@@ -91,6 +91,7 @@ def test_server_args_on_cpu():
     assert _flag(args, "--port") == "8123"
     assert _flag(args, "--max-lora-rank") == "32"
     assert _flag(args, "--max-loras") == "3"
+    assert _flag(args, "--max-cpu-loras") == "12"
     assert _flag(args, "--max-model-len") == "256"
     assert _flag(args, "--dtype") == "float32"
     assert "--enable-lora" in args

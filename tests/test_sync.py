@@ -28,9 +28,15 @@ from loraops.errors import ConfigError
 from loraops.gate.promote import previous_version
 from loraops.registry.params import RegistryParams
 from loraops.registry.server import WEBHOOK_CACHE_TTL_S
-from loraops.registry.tracking import Registry
+from loraops.registry.tracking import HostedModelCatalog, Registry
 from loraops.services import ServiceManager, free_port
-from loraops.serving.names import check_model_name, stable_name, version_dir, version_name
+from loraops.serving.names import (
+    HostedModel,
+    check_model_name,
+    stable_name,
+    version_dir,
+    version_name,
+)
 from loraops.serving.policy import (
     CANARY_TAG,
     GREETING,
@@ -46,6 +52,8 @@ from loraops.serving.sync import (
     DeliveryLog,
     HookState,
     ModelSync,
+    ServingHook,
+    SyncMetrics,
     build_app,
     hook_url,
     parse_alias_event,
@@ -239,6 +247,7 @@ class Setup:
     sync: ModelSync
     adapters_dir: Path
     tmp: Path
+    served_on: str | None = None  # the base model tag that lets a stack of that base find the model
     name: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -248,7 +257,7 @@ class Setup:
         with self.registry.run(f"train-{seed}") as run:
             run.log_artifacts(make_adapter(self.tmp / "src" / seed, seed, valid=valid), "adapter")
         tags = {"seed": seed, **({"gate": gate} if gate else {})}
-        return self.registry.register_adapter(run.run_id, tags=tags).version
+        return self.registry.register_adapter(run.run_id, tags=tags, served_on=self.served_on).version
 
     def serves(self, name: str | None = None) -> str | None:
         """The version the backend serves under ``name`` (default: the stable name)."""
@@ -308,7 +317,7 @@ def _answers(url: str) -> bool:
 @pytest.fixture
 def hook(setup: Setup) -> Iterator[RunningHook]:
     """The hook's HTTP service, registered as the MLflow webhook; removed afterwards."""
-    state = HookState(setup.sync, SECRET, TOKEN)
+    state = HookState(ServingHook.single(setup.sync), SECRET, TOKEN)
     base, stop = serve_in_thread(state)
     url = base + "/hooks/mlflow"
     setup.registry.ensure_webhook(url, SECRET)
@@ -388,7 +397,7 @@ def test_alias_moves_are_delivered_and_served(setup: Setup, hook: RunningHook):
         (name, str(setup.sync.version_dir(v2))),
     ]
 
-    status = get_json(f"{hook.base}/status")
+    status = get_json(f"{hook.base}/status?model={setup.name}")
     assert (status["served_version"], status["error"], status["in_sync"]) == (v2, None, True)
     assert status["aliases"]["champion"]["desired_version"] == v2
     replica = status["replicas"][0]
@@ -413,12 +422,17 @@ def test_alias_moves_are_delivered_and_served(setup: Setup, hook: RunningHook):
 def test_status_and_reconcile_need_the_token(setup: Setup, hook: RunningHook):
     for token in (None, "wrong"):
         with pytest.raises(urllib.error.HTTPError) as err:
-            get_json(f"{hook.base}/status", token=token)
+            get_json(f"{hook.base}/status?model={setup.name}", token=token)
         assert err.value.code == 401
     code, doc = post(f"{hook.base}/reconcile", b"", {})
     assert code == 401 and "Bearer" in doc["error"]
-    code, doc = post(f"{hook.base}/reconcile", b"", {"Authorization": f"Bearer {TOKEN}"})
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    code, doc = post(f"{hook.base}/reconcile?model={setup.name}", b"", auth)
     assert (code, doc["action"], doc["trigger"]) == (200, "no-target", "manual")
+    code, doc = post(f"{hook.base}/reconcile", b"", auth)  # every model the hook serves
+    assert (code, doc["ok"], doc["models"][setup.name]["action"]) == (200, True, "no-target")
+    code, doc = post(f"{hook.base}/reconcile?model=not-here", b"", auth)
+    assert code == 404 and "'not-here' is not served here" in doc["error"]
 
 
 @pytest.mark.e2e
@@ -435,9 +449,9 @@ def test_bad_signatures_and_replays_are_refused_and_change_nothing(setup: Setup,
     setup.registry.ensure_webhook(hook.url, "not-the-hook-secret")
     time.sleep(WEBHOOK_CACHE_TTL_S + 0.5)
     setup.registry.set_champion(v1)
-    wait_for(lambda: get_json(f"{hook.base}/status")["deliveries"]["rejected"] >= 3)
+    wait_for(lambda: get_json(f"{hook.base}/status?model={setup.name}")["deliveries"]["rejected"] >= 3)
     assert setup.backend.loads == []
-    assert get_json(f"{hook.base}/status")["last"] is None
+    assert get_json(f"{hook.base}/status?model={setup.name}")["last"] is None
 
     # With the right signature the same body is acted on, once: a replay of it is refused.
     headers = signed(body, "d-2")
@@ -448,7 +462,7 @@ def test_bad_signatures_and_replays_are_refused_and_change_nothing(setup: Setup,
         code, doc = post(hook.url, body, headers)
         assert code == 409 and "already accepted" in doc["error"]
     assert len(setup.backend.loads) == loads
-    assert get_json(f"{hook.base}/status")["deliveries"]["repeated"] == 3
+    assert get_json(f"{hook.base}/status?model={setup.name}")["deliveries"]["repeated"] == 3
 
 
 @pytest.mark.e2e
@@ -511,7 +525,7 @@ def test_failed_load_or_download_keeps_the_old_adapter(setup: Setup, hook: Runni
     setup.registry.set_champion(v2)
     wait_for(lambda: setup.backend.failed_attempts >= 2)
     setup.backend.fail_with = None
-    status = get_json(f"{hook.base}/status")
+    status = get_json(f"{hook.base}/status?model={setup.name}")
     assert status["last_failure"]["version"] == v2
     assert "RuntimeError: vLLM answered 404: adapter not found" in status["last_failure"]["error"]
     assert setup.serves() == v1
@@ -522,8 +536,13 @@ def test_failed_load_or_download_keeps_the_old_adapter(setup: Setup, hook: Runni
 
     # A version that is not an adapter is never handed to the server.
     setup.registry.set_champion(broken)
-    wait_for(lambda: (get_json(f"{hook.base}/status")["last_failure"] or {}).get("version") == broken)
-    assert "not a LoRA adapter" in get_json(f"{hook.base}/status")["last_failure"]["error"]
+    wait_for(
+        lambda: (
+            (get_json(f"{hook.base}/status?model={setup.name}")["last_failure"] or {}).get("version")
+            == broken
+        )
+    )
+    assert "not a LoRA adapter" in get_json(f"{hook.base}/status?model={setup.name}")["last_failure"]["error"]
     assert setup.serves() == v2
     body = alias_body(name, broken)
     code, doc = post(hook.url, body, signed(body, "d-9"))
@@ -586,9 +605,12 @@ def test_a_deleted_alias_keeps_the_last_version_serving_with_a_warning(setup: Se
     wait_for(lambda: setup.serves() == v1)
     setup.registry.clear_champion()
     wait_for(
-        lambda: (get_json(f"{hook.base}/status")["last"] or {}).get("trigger") == "webhook: champion deleted"
+        lambda: (
+            (get_json(f"{hook.base}/status?model={setup.name}")["last"] or {}).get("trigger")
+            == "webhook: champion deleted"
+        )
     )
-    status = get_json(f"{hook.base}/status")
+    status = get_json(f"{hook.base}/status?model={setup.name}")
     assert setup.serves() == v1 and status["served_version"] == v1
     assert "is not set" in status["aliases"]["champion"]["warning"]
     assert status["in_sync"] is True
@@ -716,8 +738,8 @@ def test_service_process_registers_its_webhook_and_reports_errors(setup: Setup, 
     try:
         token = token_file.read_text().strip()
         # The start-up round registered the webhook, then reconciled: found the champion, no vLLM.
-        wait_for(lambda: get_json(f"{base}/status", token)["last"] is not None)
-        status = get_json(f"{base}/status", token)
+        wait_for(lambda: get_json(f"{base}/status?model={name}", token)["last"] is not None)
+        status = get_json(f"{base}/status?model={name}", token)
         assert status["webhook"] == {"registered": True, "error": None}
         assert [h.url for h in setup.registry.client.list_webhooks(max_results=100)].count(url) == 1
         assert (status["last"]["action"], status["last"]["trigger"]) == ("failed", "startup")
@@ -730,9 +752,12 @@ def test_service_process_registers_its_webhook_and_reports_errors(setup: Setup, 
         time.sleep(WEBHOOK_CACHE_TTL_S + 0.5)
         setup.registry.set_champion(v2)
         wait_for(
-            lambda: get_json(f"{base}/status", token)["last"]["trigger"] == f"webhook: champion -> v{v2}"
+            lambda: (
+                get_json(f"{base}/status?model={name}", token)["last"]["trigger"]
+                == f"webhook: champion -> v{v2}"
+            )
         )
-        status = get_json(f"{base}/status", token)
+        status = get_json(f"{base}/status?model={name}", token)
         assert status["deliveries"]["accepted"] >= 1 and status["deliveries"]["rejected"] == 0
         assert status["last"]["version"] == v2 and status["in_sync"] is False
     finally:
@@ -741,3 +766,98 @@ def test_service_process_registers_its_webhook_and_reports_errors(setup: Setup, 
                 setup.registry.client.delete_webhook(h.webhook_id)
         assert manager.stop("sync")
     assert manager.get("sync") is None
+
+
+# -- many models on one server ----------------------------------------------------------------------------
+
+
+def test_each_model_owns_exactly_its_names_and_clashing_models_are_told_apart():
+    triage = HostedModel("support")
+    assert [triage.owns(n) for n in ("support", "support-challenger", "support-v12")] == [True] * 3
+    for other in ("support-triage", "support-v", "support-v1x", "support-vip", "support-challenger-v1"):
+        assert not triage.owns(other), other
+    assert triage.clashes_with(HostedModel("support-triage")) is None
+    assert (
+        triage.clashes_with(HostedModel("support-v2"))
+        == "'support-v2' serves 'support-v2', a name of 'support'"
+    )
+    assert triage.clashes_with(HostedModel("support-challenger", aliases=("champion",))) is not None
+
+
+def _model_on(mlflow_server: MlflowServer, tmp_path: Path, base: str, backend: RecordingBackend) -> Setup:
+    setup = new_setup(mlflow_server, tmp_path)
+    setup.backend, setup.served_on = backend, base
+    return setup
+
+
+def _hook_for(mlflow_server: MlflowServer, tmp_path: Path, base: str, backend: RecordingBackend, **kw: Any):
+    metrics = SyncMetrics()
+
+    def make_sync(model: HostedModel) -> ModelSync:
+        registry = Registry(
+            mlflow_server.url, RegistryParams(model_name=model.name, experiment=f"exp-{model.name}")
+        )
+        return ModelSync(
+            registry, [backend], tmp_path / "adapters", model.name, aliases=model.aliases, metrics=metrics
+        )
+
+    catalog = HostedModelCatalog(mlflow_server.url, base)
+    return ServingHook(make_sync, catalog=catalog, reserved_names=[base], metrics=metrics, **kw)
+
+
+def test_models_on_one_base_share_the_server_and_move_independently(mlflow_server, tmp_path: Path):
+    """Two registered models of one base model: each gets its stable and version names on the same
+    replica; moving one model's champion loads nothing of the other and leaves its names as they are."""
+    base, backend = f"base-{uuid.uuid4().hex[:6]}", RecordingBackend()
+    triage, routing = (_model_on(mlflow_server, tmp_path / n, base, backend) for n in ("a", "b"))
+    t1, t2 = triage.register("t1"), triage.register("t2")
+    r1 = routing.register("r1")
+    triage.registry.set_champion(t1)
+    routing.registry.set_champion(r1)
+    hook = _hook_for(mlflow_server, tmp_path, base, backend, max_models=2)
+    results = hook.reconcile()
+    assert {n: r.action for n, r in results.items()} == {triage.name: "loaded", routing.name: "loaded"}
+    assert (triage.serves(), routing.serves()) == (t1, r1)
+    routing_names = {n: p for n, p in backend.served.items() if routing.name in n}
+
+    triage.registry.set_champion(t2)
+    loads_before = len(backend.loads)
+    result = hook.handle(AliasEvent(triage.name, "champion", t2))
+    assert result.action == "loaded" and triage.serves() == t2
+    assert all(name.startswith(triage.name) for name, _ in backend.loads[loads_before:])
+    assert {n: p for n, p in backend.served.items() if routing.name in n} == routing_names
+    status = hook.status()
+    assert status["models"][triage.name]["served_version"] == t2
+    assert status["models"][routing.name]["served_version"] == r1
+    assert set(status["models"][routing.name]["replicas"][0]["serving"]) == {
+        routing.name,
+        f"{routing.name}-v{r1}",
+    }
+
+
+def test_a_model_past_the_servers_capacity_is_not_served_and_says_why(mlflow_server, tmp_path: Path):
+    base, backend = f"base-{uuid.uuid4().hex[:6]}", RecordingBackend()
+    first, second = (_model_on(mlflow_server, tmp_path / n, base, backend) for n in ("a", "b"))
+    first.registry.set_champion(first.register("f1"))
+    second.registry.set_champion(second.register("s1"))
+    hook = _hook_for(mlflow_server, tmp_path, base, backend, max_models=1)
+    assert list(hook.reconcile()) == [first.name]  # the older registration keeps its place
+    assert first.serves() == "1" and second.serves() is None
+    why = hook.status()["not_served"][second.name]
+    assert "at most 1 registered model" in why and "serving.max_models" in why
+    result = hook.handle(AliasEvent(second.name, "champion", "1"))
+    assert result.action == "ignored" and result.details == (why,)
+    other_base = _model_on(mlflow_server, tmp_path / "c", f"other-{base}", backend)
+    other_base.registry.set_champion(other_base.register("o1"))
+    hook.reconcile()
+    assert other_base.name not in hook.status()["not_served"] and other_base.serves() is None
+
+
+def test_a_model_named_like_the_base_model_is_not_served(mlflow_server, tmp_path: Path):
+    backend = RecordingBackend()
+    setup = _model_on(mlflow_server, tmp_path, "placeholder", backend)
+    setup.served_on = setup.name  # the model's own name is the base model's served name
+    setup.registry.set_champion(setup.register("x1"))
+    hook = _hook_for(mlflow_server, tmp_path, setup.name, backend, max_models=2)
+    assert hook.reconcile() == {}
+    assert "base model's name" in hook.status()["not_served"][setup.name]

@@ -156,7 +156,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     _check_envs()
     local.check_ports(ws, params)
     base = _base_model(ws, params)
-    say("starting MLflow, Prefect, vLLM and the alias sync hook (first start ~30-60 s)")
+    if local.uses_shared_stack(params):
+        say(f"using the serving stack behind {params.stack.sync_url} (vLLM and its hook run elsewhere)")
+    else:
+        say("starting MLflow, Prefect, vLLM and the alias sync hook (first start ~30-60 s)")
     urls = local.up(ws, params, base, on_event=say)
     _print_urls(urls)
     return 0
@@ -287,7 +290,9 @@ def cmd_register(args: argparse.Namespace) -> int:
         tags["base_model"] = args.base_model
     with registry.run(run_name=f"register-{adapter.name}", tags=tags) as run:
         run.log_artifacts(adapter, "adapter")
-        version = registry.register_adapter(run.run_id, "adapter", tags=tags)
+        version = registry.register_adapter(
+            run.run_id, "adapter", tags=tags, served_on=params.base_model.name()
+        )
     print(f"registered {version.name} version {version.version} from {adapter}")
     print(f"   evaluate and gate it: loraops evaluate {version.version}")
     return 0

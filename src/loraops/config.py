@@ -62,6 +62,11 @@ class Params(BaseModel):
                 f"train.lora_r {self.train.lora_r} exceeds serving.max_lora_rank "
                 f"{self.serving.max_lora_rank}: vLLM would refuse the adapter; raise serving.max_lora_rank"
             )
+        if self.stack.sync_url is not None and self.serving.admin_token_file is None:
+            raise ValueError(
+                "stack.sync_url uses another workspace's serving stack: set serving.admin_token_file (and "
+                "serving.api_key_file) to that stack's .loraops/vllm-admin.token and .loraops/vllm-api.key"
+            )
         if (
             self.base_model.source != "build"
             and self.train.replay_fraction > 0

@@ -92,16 +92,50 @@ def as_chat(record: dict[str, str]) -> dict[str, list[dict[str, str]]]:
     }
 
 
+# A second task on the same tickets, for a second adapter on the same base model: route the ticket to a
+# team with a response-time target. Answers are determined by the category and urgency cues.
+ROUTING_INSTRUCTION = "Route this support ticket as JSON with team and sla."
+TEAMS = {"account": "identity", "billing": "finance", "shipping": "logistics", "technical": "engineering"}
+SLAS = {"high": "4h", "medium": "24h", "low": "72h"}
+
+
+def routing_schema() -> dict[str, object]:
+    """The JSON schema of a routing answer (for ``evaluate.format.json_schema``)."""
+    return {
+        "type": "object",
+        "required": ["team", "sla"],
+        "additionalProperties": False,
+        "properties": {"team": {"enum": sorted(TEAMS.values())}, "sla": {"enum": list(SLAS.values())}},
+    }
+
+
+def generate_routing(n: int, seed: int = 11) -> list[dict[str, str]]:
+    """Tickets like ``generate_tickets``' with the routing answer instead of the triage record."""
+    records = []
+    for ticket in generate_tickets(n, seed):
+        answer = json.loads(ticket["output"])
+        text = ticket["instruction"].split("\nTicket: ", 1)[1]
+        route = {"team": TEAMS[answer["category"]], "sla": SLAS[answer["priority"]]}
+        instruction = f"{ROUTING_INSTRUCTION}\nTicket: {text}"
+        records.append({"instruction": instruction, "input": "", "output": json.dumps(route)})
+    return records
+
+
 def write_demo_dataset(
-    path: Path, n: int = 800, seed: int = 7, data_format: Literal["alpaca", "chat"] = "alpaca"
+    path: Path,
+    n: int = 800,
+    seed: int = 7,
+    data_format: Literal["alpaca", "chat"] = "alpaca",
+    task: Literal["triage", "routing"] = "triage",
 ) -> Path:
-    """Write the demo raw dataset as JSONL (atomic), unless it already exists."""
+    """Write a demo raw dataset (the triage task, or the routing one) as JSONL (atomic), unless it exists."""
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
+    records = generate_tickets(n, seed) if task == "triage" else generate_routing(n, seed)
     with tmp.open("w", encoding="utf-8") as fh:
-        for record in generate_tickets(n, seed):
+        for record in records:
             fh.write(json.dumps(as_chat(record) if data_format == "chat" else record) + "\n")
     tmp.replace(path)
     return path

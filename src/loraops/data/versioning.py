@@ -191,11 +191,35 @@ def ensure_prepare_stage(workspace: Workspace, params: DataParams) -> None:
     stages = doc.setdefault("stages", {}) or {}
     doc["stages"] = stages
     if STAGE in stages:
-        outs = [o if isinstance(o, str) else next(iter(o)) for o in stages[STAGE].get("outs", [])]
-        if params.prepared_dir not in outs:
+        # DVC fills ${data.raw}-style references from params.yaml; these two are the ones that matter here
+        known = {"${data.raw}": params.raw, "${data.prepared_dir}": params.prepared_dir}
+
+        def paths(key: str) -> list[str]:
+            entries = [e if isinstance(e, str) else next(iter(e)) for e in stages[STAGE].get(key, []) or []]
+            return [known.get(e.strip(), e) for e in entries]
+
+        written = (
+            yaml.safe_load(workspace.params_file.read_text("utf-8")) if workspace.params_file.exists() else {}
+        )
+        data_section = (written or {}).get("data") or {}
+        for ref in known:
+            key = ref[len("${data.") : -1]
+            used = any(ref in str(e) for k in ("deps", "outs") for e in stages[STAGE].get(k, []) or [])
+            if used and key not in data_section:
+                raise DataError(
+                    f"dvc.yaml takes data.{key} from params.yaml (DVC templating), which does not set it",
+                    hint=f"add `{key}: {known[ref]}` under data: in params.yaml",
+                )
+        if params.prepared_dir not in paths("outs"):
             raise DataError(
                 f"dvc.yaml: stage '{STAGE}' does not output {params.prepared_dir}",
-                hint="make its outs match data.prepared_dir in params.yaml",
+                hint="make its outs `${data.prepared_dir}` (data.prepared_dir in params.yaml)",
+            )
+        if params.raw not in paths("deps"):
+            raise DataError(
+                f"dvc.yaml: stage '{STAGE}' does not depend on {params.raw} (data.raw), so DVC cannot "
+                "record what the prepared data came from",
+                hint="list `${data.raw}` under its deps",
             )
         return
     stages[STAGE] = prepare_stage(workspace, params)
@@ -235,7 +259,7 @@ def version_data(workspace: Workspace, params: DataParams, *, push: bool = True)
             hint="run `loraops data prepare` first",
         )
     ensure_dvc_repo(workspace, params)
-    run_dvc(workspace.root, "commit", "--force", "--quiet", STAGE, what="dvc commit")
+    run_dvc(workspace.root, "commit", "--force", STAGE, what="dvc commit")
     digest = locked_hash(workspace, params)
     if digest is None:
         raise DataError(f"dvc.lock has no hash for {params.prepared_dir} after dvc commit")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import TYPE_CHECKING, Any
 
@@ -16,9 +17,11 @@ if TYPE_CHECKING:
     from loraops.stack.local import StackUrls
 
 
-def sync_status(sync_url: str, token: str) -> dict[str, Any]:
-    """The sync hook's /status (desired vs actual per replica), or {} when it does not answer."""
-    req = urllib.request.Request(f"{sync_url}/status", headers={"Authorization": f"Bearer {token}"})  # noqa: S310
+def sync_status(sync_url: str, token: str, model: str) -> dict[str, Any]:
+    """The sync hook's /status of ``model`` (desired vs actual per replica), or {} when it does not
+    answer or does not serve ``model``."""
+    url = f"{sync_url}/status?model={urllib.parse.quote(model)}"
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})  # noqa: S310
     try:
         with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 (our loopback hook)
             data = json.loads(resp.read())
@@ -46,7 +49,7 @@ def promote_and_wait(
     deadline = time.monotonic() + timeout_s
     last: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        last = sync_status(urls.sync, token)
+        last = sync_status(urls.sync, token, params.registry.model_name)
         served = str(last.get("served_version")) == str(version.version) and last.get("served_path")
         if served and last.get("in_sync"):  # every replica, not only the first
             return str(last["served_path"])

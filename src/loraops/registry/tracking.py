@@ -27,9 +27,12 @@ from loraops.errors import StackError, StageError
 from loraops.files import publish_dir
 from loraops.registry.params import RegistryParams
 from loraops.services import http_ok
+from loraops.serving.names import HostedModel
 
 WEBHOOK_NAME = "loraops-alias-sync"
 HISTORY_TAG = "loraops.history."  # + alias: JSON list of the versions it served, oldest first
+SERVED_ON_TAG = "loraops.serving.base"  # the base model's served name: the stacks that serve this model
+SERVED_ALIASES_TAG = "loraops.serving.aliases"  # JSON list, champion first: the names the stack serves
 WEBHOOK_EVENTS = ["model_version_alias.created", "model_version_alias.deleted"]
 # MLflow's log_batch limits per request.
 _MAX_PARAMS_PER_BATCH = 100
@@ -262,10 +265,11 @@ class Registry:
 
     # -- registry ---------------------------------------------------------------------------------------
 
-    def _ensure_registered_model(self) -> None:
+    def _ensure_registered_model(self, served_on: str | None = None) -> None:
         name = self.params.model_name
+        tags: dict[str, str] = {}
         try:
-            self.client.get_registered_model(name)
+            tags = dict(self.client.get_registered_model(name).tags or {})
         except MlflowException as exc:
             if not _not_found(exc):
                 raise
@@ -276,14 +280,30 @@ class Registry:
             except MlflowException as again:
                 if again.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
+        if served_on is None:
+            return
+        wanted = {
+            SERVED_ON_TAG: served_on,
+            SERVED_ALIASES_TAG: json.dumps([self.params.champion_alias, self.params.challenger_alias]),
+        }
+        for key, value in wanted.items():
+            if tags.get(key) != value:
+                self.client.set_registered_model_tag(name, key, value)
 
     def register_adapter(
-        self, run_id: str, artifact_path: str = "adapter", tags: Mapping[str, Any] | None = None
+        self,
+        run_id: str,
+        artifact_path: str = "adapter",
+        tags: Mapping[str, Any] | None = None,
+        *,
+        served_on: str | None = None,
     ) -> ModelVersionInfo:
         """Register the run's ``artifact_path`` directory as a new version of the model.
 
-        ``create_model_version`` on the artifact URI is used because ``mlflow.register_model`` only
-        accepts logged models, and an adapter is a plain directory of files.
+        ``served_on`` (the base model's served name) tags the registered model so that a serving stack
+        of that base model serves it (``models_served_on``). ``create_model_version`` on the artifact URI
+        is used because ``mlflow.register_model`` only accepts logged models, and an adapter is a plain
+        directory of files.
         """
         with self.errors(f"registering run {run_id}'s {artifact_path!r} as {self.params.model_name}"):
             run = self.client.get_run(run_id)
@@ -292,7 +312,7 @@ class Registry:
                     f"run {run_id} has no artifacts under {artifact_path!r}",
                     hint="log the adapter directory with run.log_artifacts(dir, 'adapter') first",
                 )
-            self._ensure_registered_model()
+            self._ensure_registered_model(served_on)
             mv = self.client.create_model_version(
                 self.params.model_name,
                 source=f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}",
@@ -474,6 +494,41 @@ class Registry:
             token = page.token
             if not token:
                 return
+
+
+class HostedModelCatalog:
+    """The registered models tagged for one base model, oldest first (the serving stack's catalog)."""
+
+    def __init__(self, tracking_uri: str, base_model: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.base_model = base_model
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    def hosted_models(self) -> list[HostedModel]:
+        found: list[Any] = []
+        page_token = None
+        query = f"tags.`{SERVED_ON_TAG}` = '{self.base_model.replace(chr(39), '')}'"
+        while True:
+            page = self.client.search_registered_models(
+                filter_string=query, max_results=100, page_token=page_token
+            )
+            found.extend(page)
+            page_token = page.token
+            if not page_token:
+                break
+        found.sort(key=lambda m: (m.creation_timestamp or 0, m.name))
+        return [hosted_model_of(m.name, dict(m.tags or {})) for m in found]
+
+
+def hosted_model_of(name: str, tags: Mapping[str, str]) -> HostedModel:
+    """The served model a registered model's tags describe (champion/challenger when not tagged)."""
+    try:
+        aliases = tuple(str(a) for a in json.loads(tags.get(SERVED_ALIASES_TAG, "[]")))
+    except ValueError:
+        aliases = ()
+    if not aliases:
+        aliases = ("champion", "challenger")
+    return HostedModel(name, aliases[0], aliases)
 
 
 def _download_uri(uri: str, dst: Path, tracking_uri: str) -> str:

@@ -12,6 +12,7 @@ letter or digit, no ``..``.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from loraops.errors import ConfigError
@@ -63,3 +64,31 @@ def version_dir(adapters_dir: Path, model: str, version: str) -> Path:
     if not path.is_relative_to(root):  # unreachable after the checks above; kept as the last line of defence
         raise ConfigError(f"{path} is outside the adapter cache {root}")
     return path
+
+
+@dataclass(frozen=True)
+class HostedModel:
+    """A registered model as the serving stack sees it: its name and its aliases, the champion first."""
+
+    name: str
+    champion_alias: str = "champion"
+    aliases: tuple[str, ...] = ("champion", "challenger")
+
+    def stable_names(self) -> list[str]:
+        """The stable served name of every alias."""
+        return [stable_name(self.name, a, self.champion_alias) for a in self.aliases]
+
+    def owns(self, served_name: str) -> bool:
+        """True when ``served_name`` is one of this model's names (stable or ``-v<N>``), exactly."""
+        if served_name in self.stable_names():
+            return True
+        prefix = f"{self.name}-v"
+        return served_name.startswith(prefix) and bool(_VERSION.fullmatch(served_name[len(prefix) :]))
+
+    def clashes_with(self, other: HostedModel) -> str | None:
+        """Why the two models' served names would overlap on one server, or None when they do not."""
+        for a, b in ((self, other), (other, self)):
+            for name in a.stable_names():
+                if b.owns(name):
+                    return f"{a.name!r} serves {name!r}, a name of {b.name!r}"
+        return None

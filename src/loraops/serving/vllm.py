@@ -75,6 +75,7 @@ def server_args(
     model: str, served_name: str, params: ServingParams, device: Device, port: int | None = None
 ) -> list[str]:
     """Command-line flags of the OpenAI-compatible server (after ``python -m SERVER_MODULE``)."""
+    max_loras, max_cpu_loras = params.lora_slots()
     args = [
         "--model", model,
         "--served-model-name", served_name,
@@ -82,7 +83,8 @@ def server_args(
         "--port", str(port or params.port),
         "--enable-lora",
         "--max-lora-rank", str(params.max_lora_rank),
-        "--max-loras", str(params.max_loras),
+        "--max-loras", str(max_loras),
+        "--max-cpu-loras", str(max_cpu_loras),
         "--max-model-len", str(params.max_model_len),
         "--dtype", params.dtype,
         "--enable-prefix-caching" if params.enable_prefix_caching else "--no-enable-prefix-caching",

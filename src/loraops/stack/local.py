@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from loraops.envs import control_env
 from loraops.errors import StackError
 from loraops.files import read_or_create_secret
 from loraops.registry.server import mlflow_service_spec
-from loraops.services import RunningService, ServiceManager, ServiceSpec, http_url, port_is_free
+from loraops.services import RunningService, ServiceManager, ServiceSpec, http_ok, http_url, port_is_free
 from loraops.serving.sync import sync_service_spec
 from loraops.serving.vllm import (
     VllmClient,
@@ -58,7 +59,7 @@ def stack_urls(params: Params) -> StackUrls:
         prefect_ui=prefect_api.removesuffix("/api"),
         prefect_api=prefect_api,
         endpoint=http_url(params.serving.host, params.serving.port, "/v1"),
-        sync=http_url(host, params.stack.sync_port),
+        sync=(params.stack.sync_url or http_url(host, params.stack.sync_port)).rstrip("/"),
         replicas=tuple(replica_urls(params.serving)),
     )
 
@@ -101,12 +102,24 @@ class ServingCredentials:
         return read_or_create_secret(self.admin_token_file)
 
 
+def uses_shared_stack(params: Params) -> bool:
+    """True when this workspace's models are served by another workspace's stack (``stack.sync_url``)."""
+    return params.stack.sync_url is not None
+
+
 def serving_credentials(ws: Workspace, params: Params) -> ServingCredentials:
-    """Read the serving secrets, making each one (mode 600) on first use."""
-    key_file = params.serving.api_key_file or ws.state / "vllm-api.key"
-    if not key_file.is_absolute():
-        key_file = ws.root / key_file
-    admin = ws.state / "vllm-admin.token"
+    """Read the serving secrets, making each one (mode 600) on first use; a shared stack's secrets are
+    only read (they belong to the workspace that runs it)."""
+    key_file = ws.root / (params.serving.api_key_file or ws.state / "vllm-api.key")
+    admin = ws.root / (params.serving.admin_token_file or ws.state / "vllm-admin.token")
+    if uses_shared_stack(params):
+        for path, key in ((key_file, "serving.api_key_file"), (admin, "serving.admin_token_file")):
+            if not path.is_file():
+                raise StackError(
+                    f"{path} does not exist, so the shared serving stack at {params.stack.sync_url} cannot "
+                    "be used",
+                    hint=f"point {key} at the file in the .loraops/ of the workspace that runs the stack",
+                )
     read_or_create_secret(admin)
     return ServingCredentials(read_or_create_secret(key_file), key_file, admin)
 
@@ -128,12 +141,14 @@ def check_ports(ws: Workspace, params: Params) -> None:
     """Fail before anything starts when a port we need is taken by something that is not ours."""
     manager = ServiceManager(ws.state)
     serving = params.serving
-    wanted = [
-        (replica_name(serving, i), port, "serving.port") for i, port in enumerate(serving.replica_ports())
-    ]
-    wanted.append(("sync", params.stack.sync_port, "stack.sync_port"))
-    if serving.replicas > 1:
-        wanted.append(("router", serving.port, "serving.port"))
+    wanted: list[tuple[str, int, str]] = []
+    if not uses_shared_stack(params):
+        wanted += [
+            (replica_name(serving, i), port, "serving.port") for i, port in enumerate(serving.replica_ports())
+        ]
+        wanted.append(("sync", params.stack.sync_port, "stack.sync_port"))
+        if serving.replicas > 1:
+            wanted.append(("router", serving.port, "serving.port"))
     if params.stack.tracking_uri is None:
         wanted.append(("mlflow", params.stack.mlflow_port, "stack.mlflow_port"))
     if params.stack.prefect_api_url is None:
@@ -176,6 +191,11 @@ def up(
     manager = ServiceManager(ws.state, on_event)
     first = _control_plane_specs(ws, params)
     creds = serving_credentials(ws, params)
+    if uses_shared_stack(params):
+        manager.start_all(first)
+        check_shared_stack(urls, creds, params.base_model.name(), base_model)
+        converge(urls, creds, params.registry.model_name, on_event)
+        return urls
     first += [
         vllm_service_spec(
             base_model,
@@ -201,6 +221,8 @@ def up(
             tracking_uri=urls.mlflow,
             vllm_urls=list(urls.replicas),
             model_name=params.registry.model_name,
+            base_model=params.base_model.name(),
+            max_models=params.serving.max_models,
             champion_alias=params.registry.champion_alias,
             challenger_alias=params.registry.challenger_alias,
             secret_file=webhook_secret(ws),
@@ -211,17 +233,46 @@ def up(
             swap=params.serving.swap,
         )
     )
-    converge(urls, creds, on_event)
+    converge(urls, creds, params.registry.model_name, on_event)
     return urls
 
 
+def check_shared_stack(urls: StackUrls, creds: ServingCredentials, served_name: str, base_model: str) -> None:
+    """Fail clearly unless the shared stack's hook answers and its server serves our base model: the same
+    served name, from a directory of the same name (built models carry their recipe's fingerprint in it)."""
+    if not http_ok(f"{urls.sync}/health"):
+        raise StackError(
+            f"the shared sync hook at {urls.sync} does not answer",
+            hint="start the stack in the workspace that runs it (`loraops up` there) or fix stack.sync_url",
+        )
+    client = VllmClient(urls.server, api_key=creds.api_key)
+    try:
+        served = {m.id: m.root for m in client.models()}
+    except Exception as exc:
+        raise StackError(
+            f"the shared vLLM server at {urls.endpoint} did not list its models: {exc}",
+            hint="check serving.host/port and serving.api_key_file against the workspace that runs the stack",
+        ) from None
+    same = served_name in served and Path(served[served_name]).name == Path(base_model).name
+    if not same:
+        there = ", ".join(f"{n} ({root})" for n, root in sorted(served.items())) or "nothing"
+        raise StackError(
+            f"the shared vLLM server at {urls.endpoint} serves {there}, not this workspace's base model "
+            f"{served_name} ({base_model}): an adapter only runs on the base model it was trained on",
+            hint="train on the same base_model as the workspace that runs the stack, or run your own stack",
+        )
+
+
 def converge(
-    urls: StackUrls, creds: ServingCredentials, on_event: Callable[[str], None] | None = None
+    urls: StackUrls,
+    creds: ServingCredentials,
+    model: str,
+    on_event: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Ask the sync hook to reconcile now and return its result: when ``up`` returns, the stable name
-    serves the champion (or the hook said why not)."""
+    """Ask the sync hook to reconcile now and return ``model``'s result: when ``up`` returns, its stable
+    name serves its champion (or the hook said why not)."""
     req = urllib.request.Request(  # noqa: S310 (the hook's loopback URL)
-        f"{urls.sync}/reconcile",
+        f"{urls.sync}/reconcile?model={urllib.parse.quote(model)}",
         data=b"",
         method="POST",
         headers={"Authorization": f"Bearer {creds.admin_token}"},
@@ -231,6 +282,10 @@ def converge(
             result: dict[str, Any] = json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         result = json.loads(exc.read() or b"{}")
+        if exc.code == 404:  # not registered yet: the hook follows it from its first registration on
+            if on_event is not None:
+                on_event(f"serving: {model} is not served yet ({result.get('error', 'unknown model')})")
+            return result
     except (urllib.error.URLError, OSError) as exc:
         raise StackError(
             f"the sync hook at {urls.sync} did not answer: {exc}", hint="see .loraops/logs/sync.log"

@@ -1,0 +1,1 @@
+"""The retrain loop: its rules and its outcome, apart from Prefect."""
