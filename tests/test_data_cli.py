@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from data_defects.support import alpaca_records, build_tokenizer, make_ws, prepared_files, write_jsonl
+from loraops.basemodel.recipe import BaseModelRecipe
 from loraops.cli import main
 
 
@@ -58,3 +59,24 @@ def test_data_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "restored data version" in capsys.readouterr().out
     assert prepared_files(ws) == good
     assert main([*cli, "checkout", "nonsense"]) == 2
+
+
+def test_a_file_is_a_plain_argument_and_a_base_model_build_is_announced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`loraops data validate FILE` (relative to where the user is) and, when the token check needs a
+    base model that is not built yet, the line said before the build starts."""
+    from loraops.data import commands
+
+    tok = build_tokenizer(tmp_path / "tok")
+    ws = make_ws(tmp_path / "ws", tok)
+    elsewhere = tmp_path / "mine"
+    write_jsonl(elsewhere / "tickets.jsonl", alpaca_records(40))
+    monkeypatch.chdir(elsewhere)
+    assert main(["--workspace", str(ws.root), "data", "validate", "tickets.jsonl", "--no-tokens"]) == 0
+    assert "40 examples (alpaca, detected), 0 errors" in capsys.readouterr().out
+
+    recipe = BaseModelRecipe(name="loraops-tiny", seed=1234)
+    notice = commands.build_notice("build", recipe, tmp_path / "empty-cache")
+    assert notice is not None and f"building {recipe.name} first" in notice and "--no-tokens skips" in notice
+    assert commands.build_notice("org/model", recipe, tmp_path / "empty-cache") is None

@@ -588,7 +588,11 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:  # pragma: no cover - data commands are part of the package
         pass
     else:
-        add_data_commands(sub)
+        from functools import partial
+
+        from loraops.data.commands import default_context
+
+        add_data_commands(sub, partial(default_context, on_line=_build_progress()))
     return parser
 
 

@@ -27,9 +27,12 @@ class DataContext:
 Resolver = Callable[[Workspace, bool], DataContext]
 
 
-def default_context(workspace: Workspace, need_tokenizer: bool) -> DataContext:
+def default_context(
+    workspace: Workspace, need_tokenizer: bool, *, on_line: Callable[[str], None] | None = None
+) -> DataContext:
     """params.yaml's data section, the run's sequence_len (params.yaml, else the preset), and the base
-    model's directory (the built model is built first if it is not in the cache yet)."""
+    model's directory (the built model is built first if it is not in the cache yet, with its progress
+    sent to ``on_line``)."""
     from loraops.config import load_params
 
     params = load_params(workspace.params_file)
@@ -37,11 +40,29 @@ def default_context(workspace: Workspace, need_tokenizer: bool) -> DataContext:
     if need_tokenizer:
         from loraops.basemodel.build import resolve_base_model
 
-        source = resolve_base_model(params.base_model.source, params.base_model.recipe, workspace.models)
+        notice = build_notice(params.base_model.source, params.base_model.recipe, workspace.models)
+        if notice is not None and on_line is not None:
+            on_line(f"[basemodel] {notice}")
+        source = resolve_base_model(
+            params.base_model.source, params.base_model.recipe, workspace.models, on_line=on_line
+        )
         tokenizer = Path(source)
     from loraops.train.settings import effective_sequence_len
 
     return DataContext(params.data, tokenizer, effective_sequence_len(workspace.root, params.train))
+
+
+def build_notice(source: str, recipe: Any, models_dir: Path) -> str | None:
+    """What to tell the user before the token-length check builds the base model; None when it is
+    already built (or not a built model)."""
+    from loraops.basemodel.build import BUILD_SOURCE, is_complete
+
+    if source != BUILD_SOURCE or is_complete(models_dir / recipe.dir_name()):
+        return None
+    return (
+        f"the token-length check needs the base model's tokenizer: building {recipe.name} first (once, "
+        f"then cached in {models_dir}; about 5 minutes on 2 cores). --no-tokens skips the check"
+    )
 
 
 def _workspace(args: argparse.Namespace) -> Workspace:
@@ -53,8 +74,10 @@ def _context(args: argparse.Namespace, resolve: Resolver, need_tokenizer: bool) 
     explicit_tok = getattr(args, "tokenizer", None)
     ctx = resolve(ws, need_tokenizer and explicit_tok is None)
     overrides: dict[str, Any] = {}
-    if getattr(args, "raw", None):
-        overrides["raw"] = args.raw
+    if getattr(args, "file", None):
+        overrides["raw"] = str(Path(args.file).resolve())  # as typed: relative to where the user is
+    elif getattr(args, "raw", None):
+        overrides["raw"] = args.raw  # relative to the workspace, as data.raw
     if getattr(args, "format", None):
         overrides["format"] = args.format
     if overrides:
@@ -146,7 +169,8 @@ def add_data_commands(subparsers: Any, resolve: Resolver = default_context) -> N
         p.add_argument("--tokenizer", help="model directory with tokenizer.json (default: the base model)")
         p.add_argument("--sequence-len", type=int, help="override train.sequence_len")
         p.add_argument("--no-tokens", action="store_true", help="skip the token-length check")
-        p.add_argument("--raw", help="override data.raw")
+        p.add_argument("file", nargs="?", help="the raw JSONL file (default: data.raw of params.yaml)")
+        p.add_argument("--raw", help=argparse.SUPPRESS)  # the older spelling of FILE
         p.add_argument("--format", choices=["auto", "alpaca", "chat"], help="override data.format")
         p.add_argument("-q", "--quiet", action="store_true", help="print errors only, not warnings")
 
