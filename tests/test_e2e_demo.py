@@ -142,6 +142,17 @@ def test_demo_prints_gate_answer_and_urls(demo: tuple[Demo, str]) -> None:
     for url in (d.mlflow, d.endpoint, f"http://127.0.0.1:{d.params['stack']['prefect_port']}"):
         assert url in output
     assert "Traceback" not in output
+    status = run_cli(d.ws, "status")
+    lines = status.stdout.splitlines()
+    assert status.returncode == 0, status.stderr
+    assert "   v1       passed" in "\n".join(lines) and "champion" in next(
+        ln for ln in lines if "   v1 " in ln
+    )
+    assert any(ln.startswith("== data: the champion (v1) was trained on the prepared data") for ln in lines)
+    assert any("support-triage -> v1" in ln and "[in sync]" in ln for ln in lines), lines
+    prefect_ui = f"http://127.0.0.1:{d.params['stack']['prefect_port']}"
+    last = next(ln for ln in lines if ln.startswith("== last retrain: "))
+    assert " Completed (" in last and f"{prefect_ui}/runs/flow-run/" in last, last
 
 
 def test_stable_name_serves_the_adapter_and_base_name_the_base(demo: tuple[Demo, str]) -> None:

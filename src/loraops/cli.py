@@ -175,14 +175,55 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """The services, then the model: versions, scores, gate decisions, aliases, what each replica serves,
+    the champion's data vs the prepared data, the last and the next retrain, and the URLs."""
+    from loraops.data.versioning import locked_hash
+    from loraops.gate.promote import sync_status
+    from loraops.registry.tracking import Registry
     from loraops.stack import local
+    from loraops.stack.prefect_api import retrain_runs
+    from loraops.status import ModelStatus, Sourced, replica_rows, sourced, version_rows
 
     ws = _workspace(args)
+    params = _params(ws)
     running = local.status(ws)
+    print("== services of this workspace")
     if not running:
-        print("no loraops service is running (make demo or loraops up starts them)")
+        print("   none running (make demo or loraops up starts them)")
     for svc in running:
-        print(f"{svc.name:8s} pid {svc.pid:<7d} port {svc.port:<5d} log {svc.log_file}")
+        print(f"   {svc.name:8s} pid {svc.pid:<7d} port {svc.port:<5d} log {svc.log_file}")
+    urls = local.stack_urls(params)
+    registry = Registry(urls.mlflow, params.registry)
+
+    def score_of(version: Any) -> float | None:
+        run_id = version.tags.get("evaluation.run_id") or version.run_id
+        return registry.client.get_run(run_id).data.metrics.get("candidate.score") if run_id else None
+
+    def served() -> list[Any]:
+        token = local.serving_credentials(ws, params).admin_token
+        answer = sync_status(urls.sync, token, params.registry.model_name)
+        if not answer:
+            raise StackError(f"the sync hook at {urls.sync} did not answer for {params.registry.model_name}")
+        return replica_rows(answer)
+
+    runs = sourced(lambda: retrain_runs(urls.prefect_api, urls.prefect_ui, str(ws.root)))
+    status = ModelStatus(
+        model=params.registry.model_name,
+        champion_alias=params.registry.champion_alias,
+        versions=sourced(lambda: version_rows(registry.versions()[: args.versions], score_of)),
+        replicas=sourced(served),
+        prepared_data=locked_hash(ws, params.data),
+        last_run=Sourced(runs.value[0], runs.error) if runs.value else runs,
+        next_run=Sourced(runs.value[1], runs.error) if runs.value else runs,
+        urls={
+            "MLflow UI": registry.model_url(),
+            "Prefect UI": urls.prefect_ui,
+            "endpoint": urls.endpoint,
+            "sync hook": f"{urls.sync}/status?model={params.registry.model_name}",
+        },
+    )
+    for line in status.lines(args.versions):
+        print(line)
     return 0
 
 
@@ -525,12 +566,18 @@ def build_parser() -> argparse.ArgumentParser:
         ("demo", cmd_demo, "set up, start the stack, run the retrain flow once and ask the endpoint"),
         ("up", cmd_up, "start MLflow, Prefect, vLLM and the alias sync hook"),
         ("down", cmd_down, "stop the services started by up/demo"),
-        ("status", cmd_status, "list the running services"),
         ("base-model", cmd_base_model, "build (or find) the base model and print its path"),
     ]
     for name, func, help_text in commands:
         p = sub.add_parser(name, help=help_text)
         p.set_defaults(func=func)
+    status = sub.add_parser(
+        "status",
+        help="the services, the model's versions, scores, gate decisions, aliases, what vLLM serves, "
+        "the last and next retrain",
+    )
+    status.add_argument("--versions", type=int, default=10, help="newest versions to list (default 10)")
+    status.set_defaults(func=cmd_status)
     retrain = sub.add_parser("retrain", help="run the retrain flow once against the running stack")
     retrain.add_argument(
         "--skip-if-unchanged", action="store_true", help="do nothing when this data was already trained on"

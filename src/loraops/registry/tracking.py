@@ -14,7 +14,7 @@ import tempfile
 import time
 import urllib.parse
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -327,10 +327,19 @@ class Registry:
             return _info(self.client.get_model_version(self.params.model_name, str(version)))
 
     def versions(self) -> list[ModelVersionInfo]:
-        """All versions of the model, newest first."""
+        """All versions of the model, newest first, each with its aliases."""
         with self.errors(f"listing versions of {self.params.model_name}"):
             found = self.client.search_model_versions(f"name = '{self.params.model_name}'")
-        return sorted((_info(mv) for mv in found), key=lambda v: int(v.version), reverse=True)
+            # search results carry no aliases; the registered model has them all
+            on: dict[str, list[str]] = {}
+            if found:
+                for alias, version in (
+                    self.client.get_registered_model(self.params.model_name).aliases or {}
+                ).items():
+                    on.setdefault(str(version), []).append(alias)
+        infos = (_info(mv) for mv in found)
+        with_aliases = (replace(i, aliases=tuple(sorted(on.get(i.version, i.aliases)))) for i in infos)
+        return sorted(with_aliases, key=lambda v: int(v.version), reverse=True)
 
     def tag_version(self, version: str, tags: Mapping[str, Any]) -> None:
         with self.errors(f"tagging {self.params.model_name} version {version}"):

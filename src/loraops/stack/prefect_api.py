@@ -1,0 +1,81 @@
+"""What loraops reads from the Prefect API: the retrain runs of a workspace (last one, next scheduled)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from loraops.errors import StackError
+from loraops.services import http_ok
+from loraops.status import RunRow
+
+RETRAIN_FLOW = "retrain"
+
+
+@contextmanager
+def prefect_client(api_url: str) -> Iterator[Any]:
+    """A synchronous Prefect client of ``api_url``; StackError at once when the API does not answer
+    (the client itself would retry for a long while)."""
+    if not http_ok(f"{api_url.rstrip('/')}/health", timeout=3):
+        raise StackError(f"the Prefect API at {api_url} does not answer", hint="`loraops up` starts it")
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        yield client
+
+
+def _of_workspace(run: Any, workspace: str) -> bool:
+    given = (run.parameters or {}).get("workspace")
+    return given is None or os.path.realpath(str(given)) == os.path.realpath(workspace)
+
+
+def retrain_runs(api_url: str, ui_url: str, workspace: str) -> tuple[RunRow | None, str | None]:
+    """The workspace's last retrain run that started, and when the next scheduled one is due."""
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    flows = FlowFilter(name=FlowFilterName(any_=[RETRAIN_FLOW]))
+    with prefect_client(api_url) as client:
+        started = client.read_flow_runs(
+            flow_filter=flows,
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(not_any_=[StateType.SCHEDULED, StateType.PENDING])
+                )
+            ),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=50,
+        )
+        scheduled = client.read_flow_runs(
+            flow_filter=flows,
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
+            ),
+            sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+            limit=50,
+        )
+    last = next((r for r in started if _of_workspace(r, workspace)), None)
+    due = next((r for r in scheduled if _of_workspace(r, workspace)), None)
+    row = None
+    if last is not None:
+        when = last.start_time or last.expected_start_time
+        row = RunRow(
+            name=last.name,
+            state=last.state.name if last.state else "unknown",
+            url=f"{ui_url.rstrip('/')}/runs/flow-run/{last.id}",
+            when=when.isoformat(timespec="seconds") if when else "not started",
+        )
+    nxt = None
+    if due is not None and due.expected_start_time is not None:
+        nxt = f"{due.expected_start_time.isoformat(timespec='minutes')} ({due.name})"
+    return row, nxt
