@@ -51,12 +51,13 @@ from loraops.gate.decision import GateDecision, decide, gate_inputs
 from loraops.gate.judge import RUN_TAG, TrainingFacts
 from loraops.gate.promote import apply_decision
 from loraops.gate.record import record_decision
+from loraops.loop.rules import lineage_tags, replay_records
 from loraops.registry.tracking import MetricStream, ModelVersionInfo, Registry, RunHandle
 from loraops.serving.policy import CANARY_TAG
 from loraops.stack.local import StackUrls, serving_credentials, stack_urls, vllm_client
 from loraops.train.preflight import check_training
 from loraops.train.render import parse_metrics_line
-from loraops.train.run import TrainResult, launcher_for, replay_sample, train_adapter
+from loraops.train.run import TrainResult, launcher_for, train_adapter
 from loraops.train.settings import effective_sequence_len, effective_settings
 from loraops.vcs import git_commit
 from loraops.workspace import Workspace
@@ -122,15 +123,16 @@ def train_task(
         elif parsed and "eval_loss" in parsed:
             logger.info("val   epoch %.2f loss %.4f", parsed.get("epoch", 0.0), parsed["eval_loss"])
 
-    replay: list[dict[str, Any]] = []
-    if params.train.replay_fraction > 0:
-        if params.train.replay_file:
-            pool = read_jsonl(ws.root / params.train.replay_file)
-        else:
-            pool = training_corpus(params.base_model.recipe)
-        replay = replay_sample(
-            pool, params.train.replay_fraction, prepared.counts.get("train", 0), params.train.seed
-        )
+    replay_file = params.train.replay_file
+    replay = replay_records(
+        params.train.replay_fraction,
+        prepared.counts.get("train", 0),
+        params.train.seed,
+        pool=lambda: (
+            read_jsonl(ws.root / replay_file) if replay_file else training_corpus(params.base_model.recipe)
+        ),
+    )
+    if replay:
         logger.info("replaying %d general examples against forgetting", len(replay))
     launcher = launcher_for(
         ws.root, params.train, data_remote=params.data.remote, model_name=params.registry.model_name
@@ -285,14 +287,14 @@ def retrain(
             return {"skipped": True, "version": trained_on[0].version, "data_version": data_version.tag()}
 
     run_dir = ws.runs / time.strftime("%Y%m%d-%H%M%S")
-    lineage = {
-        "data_version": data_version.tag(),
-        **data_version.as_tags(),
-        "git_commit": git_commit(ws.root) or "unknown",
-        "code_commit": git_commit(repo_root()) or "unknown",
-        "base_model": params.base_model.source if params.base_model.source != "build" else base_model,
-        "base_model_name": params.base_model.name(),
-    }
+    lineage = lineage_tags(
+        data_version,
+        workspace_commit=git_commit(ws.root),
+        code_commit=git_commit(repo_root()),
+        base_model_source=params.base_model.source,
+        base_model_path=base_model,
+        base_model_name=params.base_model.name(),
+    )
     with registry.run(run_name=f"retrain-{run_dir.name}", tags=lineage) as run:
         run.log_params(params.train.model_dump(mode="json", exclude={"overrides", "sagemaker"}))
         run.log_params({"data.train_examples": prepared.counts.get("train", 0)})

@@ -634,8 +634,7 @@ class ServingHook:
     @classmethod
     def single(cls, sync: ModelSync) -> ServingHook:
         """A hook around one ``ModelSync`` (what one workspace with its own server needs)."""
-        hook = cls(lambda _: sync, [sync.hosted], metrics=sync.metrics)
-        return hook
+        return cls(lambda _: sync, [sync.hosted], metrics=sync.metrics)
 
     def _follow(self, model: HostedModel) -> ModelSync | None:
         with self._lock:
