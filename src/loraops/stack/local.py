@@ -25,6 +25,7 @@ from loraops.serving.vllm import (
     router_service_spec,
     vllm_service_spec,
 )
+from loraops.stack.stores import prefect_database_env, with_mlflow_stores
 from loraops.workspace import Workspace
 
 START_ORDER = ("mlflow", "prefect", "vllm", "router", "sync")
@@ -65,6 +66,7 @@ def stack_urls(params: Params) -> StackUrls:
 
 
 def prefect_service_spec(ws: Workspace, params: Params) -> ServiceSpec:
+    """The Prefect server: SQLite under .loraops/prefect, or stack.prefect_database_url."""
     host, port = params.stack.host, params.stack.prefect_port
     return ServiceSpec(
         name="prefect",
@@ -75,6 +77,7 @@ def prefect_service_spec(ws: Workspace, params: Params) -> ServiceSpec:
             "PREFECT_HOME": str(ws.state / "prefect"),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_UI_API_URL": http_url(host, port, "/api"),
+            **prefect_database_env(params.stack.prefect_database_url),
         },
         config_key="stack.prefect_port",
         start_timeout_s=120,
@@ -153,6 +156,7 @@ def check_ports(ws: Workspace, params: Params) -> None:
         wanted.append(("mlflow", params.stack.mlflow_port, "stack.mlflow_port"))
     if params.stack.prefect_api_url is None:
         wanted.append(("prefect", params.stack.prefect_port, "stack.prefect_port"))
+    wanted.append(("worker", params.stack.worker_port, "stack.worker_port"))
     for name, port, key in wanted:
         mine = manager.get(name)
         if (mine is None or mine.port != port) and not port_is_free(port, params.stack.host):
@@ -175,10 +179,22 @@ def up_control_plane(
 def _control_plane_specs(ws: Workspace, params: Params) -> list[ServiceSpec]:
     specs: list[ServiceSpec] = []
     if params.stack.tracking_uri is None:
-        specs.append(mlflow_service_spec(ws.state, params.stack.mlflow_port, host=params.stack.host))
+        specs.append(mlflow_spec(ws, params))
     if params.stack.prefect_api_url is None:
         specs.append(prefect_service_spec(ws, params))
     return specs
+
+
+def mlflow_spec(ws: Workspace, params: Params) -> ServiceSpec:
+    """The MLflow server: SQLite and local artifacts under .loraops/mlflow, or the stores set in
+    params.yaml (stack.mlflow_backend_store_uri, mlflow_artifacts_destination, mlflow_s3_endpoint_url)."""
+    stack = params.stack
+    return with_mlflow_stores(
+        mlflow_service_spec(ws.state, stack.mlflow_port, host=stack.host),
+        stack.mlflow_backend_store_uri,
+        stack.mlflow_artifacts_destination,
+        stack.mlflow_s3_endpoint_url,
+    )
 
 
 def up(
