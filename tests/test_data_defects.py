@@ -14,7 +14,7 @@ from data_defects.support import DEFECTS, alpaca_records, build_tokenizer, git, 
 from loraops.data.commands import DataContext, cmd_validate
 from loraops.data.params import DataParams
 from loraops.data.prepare import DataValidationError, prepare
-from loraops.data.versioning import version_data
+from loraops.data.versioning import prepare_data, version_data
 from loraops.workspace import Workspace
 
 CASES: dict[str, dict[str, Any]] = json.loads((DEFECTS / "cases.json").read_text("utf-8"))
@@ -36,7 +36,7 @@ def versioned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, Path
     (root / "params.yaml").write_text("data:\n  raw: data/raw/tickets.jsonl\ntrain:\n  sequence_len: 256\n")
     write_jsonl(root / "data/raw/tickets.jsonl", alpaca_records(120))
     ws = Workspace(root)
-    prepare(ws, DataParams(), tokenizer_dir=tok, sequence_len=SEQ)
+    prepare_data(ws, DataParams(), tokenizer_dir=tok, sequence_len=SEQ)
     version_data(ws, DataParams())
     assert any((root / ".loraops/dvc-remote").rglob("*.dir"))
     return ws, tok

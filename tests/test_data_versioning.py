@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,9 @@ from loraops.data.versioning import (
     checkout_data,
     ensure_dvc_repo,
     locked_hash,
+    prepare_data,
     push_data,
+    stage_changes,
     version_data,
 )
 from loraops.errors import DataError
@@ -50,11 +53,11 @@ def test_version_checkout_roundtrip(tmp_path: Path, tok: Path) -> None:
     ws = make_ws(tmp_path / "ws", tok)
     params = data_params(ws)
     write_jsonl(ws.root / params.raw, alpaca_records(200))
-    prepare(ws, params, tokenizer_dir=tok, sequence_len=SEQ)
+    prepare_data(ws, params, tokenizer_dir=tok, sequence_len=SEQ)
     v1 = version_data(ws, params)
     files_v1 = prepared_files(ws)
     # versioning leaves the prepared files as they were: preparing again is still a no-op
-    assert prepare(ws, params, tokenizer_dir=tok, sequence_len=SEQ).unchanged
+    assert prepare_data(ws, params, tokenizer_dir=tok, sequence_len=SEQ).unchanged
     assert v1.dvc_hash == locked_hash(ws, params) and v1.path == "data/prepared"
     assert (ws.root / ".loraops/dvc-remote/files/md5" / v1.dvc_hash[:2] / f"{v1.dvc_hash[2:]}.dir").exists()
     stage = yaml.safe_load((ws.root / "dvc.yaml").read_text("utf-8"))["stages"]["prepare"]
@@ -63,7 +66,7 @@ def test_version_checkout_roundtrip(tmp_path: Path, tok: Path) -> None:
     commit(ws, "data v1")
 
     write_jsonl(ws.root / params.raw, alpaca_records(260))
-    prepare(ws, params, tokenizer_dir=tok, sequence_len=SEQ)
+    prepare_data(ws, params, tokenizer_dir=tok, sequence_len=SEQ)
     v2 = version_data(ws, params)
     assert v2.dvc_hash != v1.dvc_hash
     assert v2.git_commit is not None and v2.git_commit.endswith("-dirty")  # dvc.lock not committed yet
@@ -92,7 +95,7 @@ def test_checkout_of_unknown_version_changes_nothing(tmp_path: Path, tok: Path) 
     ws = make_ws(tmp_path, tok)
     params = data_params(ws)
     write_jsonl(ws.root / params.raw, alpaca_records(50))
-    prepare(ws, params, tokenizer_dir=tok, sequence_len=SEQ)
+    prepare_data(ws, params, tokenizer_dir=tok, sequence_len=SEQ)
     version_data(ws, params)
     before = snapshot(ws.root / "data", ws.root / ".dvc/cache", ws.root / ".loraops/dvc-remote")
     with pytest.raises(DataError, match="neither in the DVC cache nor on remote 'local'"):
@@ -106,21 +109,72 @@ def test_version_refuses_data_not_made_by_prepare(tmp_path: Path, tok: Path) -> 
     ws = make_ws(tmp_path, tok)
     params = data_params(ws)
     write_jsonl(ws.root / params.raw, alpaca_records(50))
-    prepare(ws, params, tokenizer_dir=tok, sequence_len=SEQ)
+    prepare_data(ws, params, tokenizer_dir=tok, sequence_len=SEQ)
     version_data(ws, params)
     before = snapshot(ws.root / ".dvc/cache", ws.root / ".loraops/dvc-remote", ws.root / "dvc.lock")
     with (ws.root / "data/prepared/train.jsonl").open("a", encoding="utf-8") as fh:
         fh.write('{"instruction": "sneaked in", "input": "", "output": "x"}\n')
-    with pytest.raises(DataError, match="not the output of the last successful"):
+    with pytest.raises(DataError, match=r"not the output of the last successful.*changed outs"):
+        version_data(ws, params)
+    write_jsonl(ws.root / params.raw, alpaca_records(60))
+    prepare(ws, params, tokenizer_dir=tok, sequence_len=SEQ)  # prepared, but DVC did not record it
+    with pytest.raises(DataError, match=r"not the output of the last successful.*changed deps"):
         version_data(ws, params)
     assert snapshot(ws.root / ".dvc/cache", ws.root / ".loraops/dvc-remote", ws.root / "dvc.lock") == before
+
+
+def test_dvc_decides_when_the_prepared_data_is_stale(tmp_path: Path, tok: Path) -> None:
+    """`prepare_data` prepares only when `dvc status` finds the `prepare` stage stale against dvc.lock: a
+    changed raw file, data param, sequence_len or hand-edited output; not a touched file or a rerun."""
+    ws = make_ws(tmp_path, tok)
+    params = data_params(ws)
+    raw = ws.root / params.raw
+    write_jsonl(raw, alpaca_records(200))
+    first = prepare_data(ws, params, tokenizer_dir=tok, sequence_len=SEQ)
+    assert not first.unchanged and stage_changes(ws, params) == []
+    before = snapshot(ws.root / "data", ws.root / "dvc.lock")
+    started = time.perf_counter()
+    again = prepare_data(ws, params, tokenizer_dir=tok, sequence_len=SEQ)
+    assert time.perf_counter() - started < 10  # one `dvc status`, no preparing
+    assert again.unchanged and again.summary().startswith("unchanged: ")
+    assert (again.format, again.counts, again.dropped, again.files, again.review_examples) == (
+        first.format,
+        first.counts,
+        first.dropped,
+        first.files,
+        first.review_examples,
+    )
+    os.utime(raw)  # touched, same content: DVC's hash is the same
+    assert prepare_data(ws, params, tokenizer_dir=tok, sequence_len=SEQ).unchanged
+    assert snapshot(ws.root / "data", ws.root / "dvc.lock") == before
+
+    write_jsonl(raw, alpaca_records(210))  # a changed raw file
+    assert any(params.raw in change for change in stage_changes(ws, params)), stage_changes(ws, params)
+    assert prepare_data(ws, params, tokenizer_dir=tok, sequence_len=SEQ).counts != first.counts
+    assert prepare_data(ws, params, tokenizer_dir=tok, sequence_len=SEQ).unchanged
+
+    doc = yaml.safe_load(ws.params_file.read_text("utf-8"))
+    doc["data"]["split"] = {"salt": "x"}  # a data param: DVC reads it from params.yaml
+    ws.params_file.write_text(yaml.safe_dump(doc), "utf-8")
+    assert any("params.yaml" in change for change in stage_changes(ws, params)), stage_changes(ws, params)
+    salted = data_params(ws)
+    assert not prepare_data(ws, salted, tokenizer_dir=tok, sequence_len=SEQ).unchanged
+    doc["train"]["sequence_len"] = SEQ + 1  # the length the examples are checked against
+    ws.params_file.write_text(yaml.safe_dump(doc), "utf-8")
+    assert not prepare_data(ws, salted, tokenizer_dir=tok, sequence_len=SEQ + 1).unchanged
+    assert prepare_data(ws, salted, tokenizer_dir=tok, sequence_len=SEQ + 1).unchanged
+
+    (ws.root / "data/prepared/val.jsonl").write_text("", "utf-8")  # outputs edited by hand
+    assert any("changed outs" in change for change in stage_changes(ws, salted)), stage_changes(ws, salted)
+    assert not prepare_data(ws, salted, tokenizer_dir=tok, sequence_len=SEQ + 1).unchanged
+    assert (ws.root / "data/prepared/val.jsonl").read_text("utf-8") and stage_changes(ws, salted) == []
 
 
 def test_interrupted_push_resumes(tmp_path: Path, tok: Path) -> None:
     ws = make_ws(tmp_path / "ws", tok)
     params = data_params(ws)
     write_jsonl(ws.root / params.raw, alpaca_records(120))
-    prepare(ws, params, tokenizer_dir=tok, sequence_len=SEQ)
+    prepare_data(ws, params, tokenizer_dir=tok, sequence_len=SEQ)
     version = version_data(ws, params)
     remote = ws.root / ".loraops/dvc-remote"
     objects = sorted(p for p in remote.rglob("*") if p.is_file())
@@ -152,7 +206,7 @@ def test_dvc_repro_gives_the_same_result(tmp_path: Path, tok: Path) -> None:
     ws = make_ws(tmp_path, tok)
     params = data_params(ws)
     write_jsonl(ws.root / params.raw, alpaca_records(150))
-    prepare(ws, params, tokenizer_dir=tok, sequence_len=SEQ)
+    prepare_data(ws, params, tokenizer_dir=tok, sequence_len=SEQ)
     v = version_data(ws, params, push=False)
     before = prepared_files(ws)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -167,7 +221,7 @@ def test_dvc_repro_gives_the_same_result(tmp_path: Path, tok: Path) -> None:
     assert "prepared:" in out.stdout  # the loraops command ran (DVC removed the outputs first)
     assert locked_hash(ws, params) == v.dvc_hash
     assert prepared_files(ws) == before
-    assert prepare(ws, params, tokenizer_dir=tok, sequence_len=SEQ).unchanged
+    assert prepare_data(ws, params, tokenizer_dir=tok, sequence_len=SEQ).unchanged
 
 
 def test_the_shipped_dvc_yaml_takes_its_paths_from_params(tmp_path: Path, tok: Path) -> None:
@@ -180,11 +234,12 @@ def test_the_shipped_dvc_yaml_takes_its_paths_from_params(tmp_path: Path, tok: P
     shutil.copy2(Path(__file__).resolve().parents[1] / "dvc.yaml", ws.root / "dvc.yaml")
     params = data_params(ws)
     write_jsonl(ws.root / params.raw, alpaca_records(120))
-    prepare(ws, params, tokenizer_dir=tok, sequence_len=SEQ)
     with pytest.raises(DataError, match=r"takes data\.prepared_dir from params\.yaml"):
-        version_data(ws, params, push=False)  # DVC reads the value from params.yaml, not loraops' default
+        # DVC reads the value from params.yaml, not loraops' default
+        prepare_data(ws, params, tokenizer_dir=tok, sequence_len=SEQ)
     doc["data"]["prepared_dir"] = "data/prepared"
     ws.params_file.write_text(yaml.safe_dump(doc), "utf-8")
+    prepare_data(ws, params, tokenizer_dir=tok, sequence_len=SEQ)
     assert version_data(ws, params, push=False).dvc_hash == locked_hash(ws, params)
     stage = yaml.safe_load((ws.root / "dvc.lock").read_text("utf-8"))["stages"]["prepare"]
     assert [d["path"] for d in stage["deps"]] == ["data/raw/routing.jsonl"]

@@ -51,3 +51,12 @@ def publish_dir(built: Path, dest: Path) -> None:
         dest.rename(old)
     built.rename(dest)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one rename: a reader sees the old file or the new one, never half
+    of it (parents are created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, "utf-8")
+    tmp.replace(path)

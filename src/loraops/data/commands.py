@@ -1,9 +1,10 @@
-"""`loraops data validate | prepare | version | checkout` (argparse wiring; the work is elsewhere)."""
+"""`loraops data validate|prepare|version|checkout|verify` (argparse wiring; the work is elsewhere)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -123,17 +124,26 @@ def cmd_validate(args: argparse.Namespace, resolve: Resolver = default_context) 
 
 
 def cmd_prepare(args: argparse.Namespace, resolve: Resolver = default_context) -> int:
+    """Prepare when DVC says the `prepare` stage is stale; run by DVC itself (`dvc repro`, `dvc exp run`:
+    DVC_STAGE is set), prepare at once: DVC made that call and records the outputs."""
     from loraops.data.prepare import prepare
+    from loraops.data.versioning import prepare_data
 
     ctx = _context(args, resolve, need_tokenizer=not args.no_tokens)
-    result = prepare(
-        _workspace(args),
-        ctx.params,
-        tokenizer_dir=ctx.tokenizer_dir,
-        sequence_len=ctx.sequence_len,
-        on_issue=_printer(args.quiet),
-        force=args.force,
-    )
+    ws, on_issue = _workspace(args), _printer(args.quiet)
+    if os.environ.get("DVC_STAGE"):
+        result = prepare(
+            ws, ctx.params, tokenizer_dir=ctx.tokenizer_dir, sequence_len=ctx.sequence_len, on_issue=on_issue
+        )
+    else:
+        result = prepare_data(
+            ws,
+            ctx.params,
+            tokenizer_dir=ctx.tokenizer_dir,
+            sequence_len=ctx.sequence_len,
+            on_issue=on_issue,
+            force=args.force,
+        )
     print(json.dumps(result.to_json(), indent=2) if args.json else result.summary())
     return 0
 
@@ -155,13 +165,54 @@ def cmd_checkout(args: argparse.Namespace, resolve: Resolver = default_context) 
     ws = _workspace(args)
     if (ws.root / ".dvc").is_dir():  # a fresh clone knows its remote from params.yaml only
         configure_remote(ws, ctx.params)
-    path = checkout_data(ws, version, remote=args.remote)
+    path = checkout_data(
+        ws, version, remote=args.remote, on_notice=lambda line: print(line, file=sys.stderr, flush=True)
+    )
     print(f"restored data version {version.dvc_hash} into {path}")
     return 0
 
 
+def cmd_verify(args: argparse.Namespace, resolve: Resolver = default_context) -> int:
+    from loraops.data.integrity import verify_version
+    from loraops.data.versioning import DataVersion, configure_remote, locked_hash
+    from loraops.errors import DataError
+
+    ctx = _context(args, resolve, need_tokenizer=False)
+    ws = _workspace(args)
+    if not (ws.root / ".dvc").is_dir():
+        raise DataError(f"{ws.root} has no DVC repository", hint="run `loraops data version` first")
+    text = args.version or locked_hash(ws, ctx.params)
+    if text is None:
+        raise DataError(
+            "dvc.lock records no prepared data", hint="name a version, or run `loraops data version`"
+        )
+    version = DataVersion.parse(text, ctx.params.prepared_dir)
+    configure_remote(ws, ctx.params)
+    result = verify_version(
+        ws.root,
+        version.dvc_hash,
+        remote=args.remote_name,
+        check_remote=args.remote or args.repair,
+        repair=args.repair,
+    )
+    for line in result.lines():
+        print(line, file=sys.stderr)
+    where = "cache and remote" if args.remote or args.repair else "cache"
+    if result.ok:
+        cached = f"{result.checked} cached objects" if result.checked else "not in this cache, nothing"
+        print(f"data version {version.dvc_hash}: {cached} checked, {where} good")
+        return 0
+    tag = version.tag()
+    if result.remote_bad:
+        todo = f"run `loraops data verify {tag} --remote --repair` where a good copy is"
+    else:
+        todo = f"they were removed from the cache: `loraops data checkout {tag}` fetches good ones"
+    print(f"data version {version.dvc_hash}: corrupt copies in the {where} (above); {todo}")
+    return 1
+
+
 def add_data_commands(subparsers: Any, resolve: Resolver = default_context) -> None:
-    """Register `data validate|prepare|version|checkout` on the CLI's subparsers."""
+    """Register `data validate|prepare|version|checkout|verify` on the CLI's subparsers."""
     data = subparsers.add_parser("data", help="validate, prepare and version the training data")
     sub = data.add_subparsers(dest="data_command", required=True)
 
@@ -184,7 +235,7 @@ def add_data_commands(subparsers: Any, resolve: Resolver = default_context) -> N
 
     p = sub.add_parser("prepare", help="validate, split, report; writes data.prepared_dir atomically")
     tokens(p)
-    p.add_argument("--force", action="store_true", help="prepare even when nothing changed")
+    p.add_argument("--force", action="store_true", help="prepare even when DVC finds it up to date")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=bind(cmd_prepare))
 
@@ -197,3 +248,12 @@ def add_data_commands(subparsers: Any, resolve: Resolver = default_context) -> N
     co.add_argument("version")
     co.add_argument("--remote", help="DVC remote to pull from (default: data.remote.name)")
     co.set_defaults(func=bind(cmd_checkout))
+
+    ve = sub.add_parser(
+        "verify", help="hash the DVC objects of a version (default: dvc.lock's); remove corrupt cache copies"
+    )
+    ve.add_argument("version", nargs="?", help="<md5>@<commit> (default: the prepared data in dvc.lock)")
+    ve.add_argument("--remote", action="store_true", help="also hash the remote's copies (downloads them)")
+    ve.add_argument("--remote-name", help="DVC remote to check (default: data.remote.name)")
+    ve.add_argument("--repair", action="store_true", help="upload good cache copies over bad remote ones")
+    ve.set_defaults(func=bind(cmd_verify))

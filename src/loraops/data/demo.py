@@ -13,6 +13,8 @@ import random
 from pathlib import Path
 from typing import Literal
 
+from loraops.files import write_text_atomic
+
 INSTRUCTION = "Triage this support ticket as JSON with category, priority and product."
 
 PRODUCTS = ["cloud drive", "mail plus", "photo vault", "smart hub", "pay wallet", "video box"]
@@ -131,11 +133,7 @@ def write_demo_dataset(
     """Write a demo raw dataset (the triage task, or the routing one) as JSONL (atomic), unless it exists."""
     if path.exists():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
     records = generate_tickets(n, seed) if task == "triage" else generate_routing(n, seed)
-    with tmp.open("w", encoding="utf-8") as fh:
-        for record in records:
-            fh.write(json.dumps(as_chat(record) if data_format == "chat" else record) + "\n")
-    tmp.replace(path)
+    lines = (json.dumps(as_chat(r) if data_format == "chat" else r) + "\n" for r in records)
+    write_text_atomic(path, "".join(lines))
     return path

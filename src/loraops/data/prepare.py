@@ -1,10 +1,9 @@
 """`loraops data prepare`: validate, split, report, and publish the prepared directory atomically.
 
 Everything is built in a temporary directory next to ``prepared_dir`` and swapped in by rename only
-when the data passed validation, so a failed run leaves the last good prepared data untouched. A
-fingerprint of the inputs (raw file content, data params, sequence_len, tokenizer files, this code's
-output version) is kept in ``.loraops/data/``: preparing the same inputs again is a no-op that says
-"unchanged" after a few stat() calls.
+when the data passed validation, so a failed run leaves the last good prepared data untouched.
+``prepare`` always prepares: whether the prepared data is stale is DVC's call (the `prepare` stage of
+dvc.yaml against dvc.lock), made by loraops.data.versioning.prepare_data and by `dvc repro`.
 """
 
 from __future__ import annotations
@@ -28,11 +27,8 @@ from loraops.data.validate import OnIssue, ScanResult, SplitSink, scan
 from loraops.errors import DataError
 from loraops.files import file_md5, publish_dir
 from loraops.locks import file_lock
-from loraops.prompts import CHAT_TEMPLATE, alpaca_prompt
 from loraops.workspace import Workspace
 
-# Bump when the prepared files change for the same inputs (their layout, the report, the split).
-OUTPUT_VERSION = "1"
 FILES = ("train.jsonl", "val.jsonl", "test.jsonl", "report.json", "report.html", "review.csv", "review.html")
 
 
@@ -61,7 +57,6 @@ class PrepareResult:
     prepared_dir: Path
     files: dict[str, Path]  # train, val, test, report_json, report_html, review_csv, review_html
     unchanged: bool
-    fingerprint: str
     review_examples: int = 0
 
     @property
@@ -91,9 +86,34 @@ class PrepareResult:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PrepareResult:
         data = dict(data)
+        data.pop("fingerprint", None)  # written by loraops before DVC decided staleness
         data["prepared_dir"] = Path(data["prepared_dir"])
         data["files"] = {k: Path(v) for k, v in data["files"].items()}
         return cls(**data)
+
+    @classmethod
+    def from_report(cls, prepared: Path) -> PrepareResult:
+        """The result of the run that wrote ``prepared`` (read from its report.json), as unchanged."""
+        path = prepared / "report.json"
+        try:
+            report = json.loads(path.read_text("utf-8"))
+            counts, fmt = report["counts"], report["format"]
+            return cls(
+                format=fmt["name"],
+                format_source=fmt["source"],
+                counts=dict(counts["prepared"]),
+                dropped=dict(counts["dropped"]),
+                warnings=int(report["issues"]["warnings"]),
+                prepared_dir=prepared,
+                files=_files(prepared),
+                unchanged=True,
+                review_examples=int((report.get("review") or {}).get("examples", 0)),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DataError(
+                f"{path}: not a report written by `loraops data prepare` ({exc})",
+                hint="run `loraops data prepare --force` to prepare the data again",
+            ) from exc
 
 
 def _files(prepared: Path) -> dict[str, Path]:
@@ -108,70 +128,9 @@ def _files(prepared: Path) -> dict[str, Path]:
     }
 
 
-# ---------------------------------------------------------------- fingerprint and stamp
-
-
-def _stat(path: Path) -> list[int]:
-    st = path.stat()
-    return [st.st_size, st.st_mtime_ns, st.st_ino]
-
-
-def _stamp_path(workspace: Workspace, prepared: Path) -> Path:
+def _lock_path(workspace: Workspace, prepared: Path) -> Path:
     name = hashlib.sha256(str(prepared).encode()).hexdigest()[:12]
-    return workspace.state / "data" / f"prepare-{name}.json"
-
-
-def _read_stamp(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write_stamp(path: Path, stamp: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(stamp, indent=1), "utf-8")
-    tmp.replace(path)
-
-
-def _digest(path: Path, cached: dict[str, Any] | None) -> str:
-    """md5 of a file, reusing the cached value while size, mtime and inode are the same (as DVC does)."""
-    stat = _stat(path)
-    if cached and cached.get("stat") == stat and isinstance(cached.get("md5"), str):
-        return str(cached["md5"])
-    return file_md5(path)
-
-
-def _fingerprint(
-    raw: Path, params: DataParams, tokenizer_dir: Path | None, sequence_len: int, stamp: dict[str, Any]
-) -> tuple[str, dict[str, Any]]:
-    files = {"raw": raw}
-    if tokenizer_dir is not None:
-        for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-            if (tokenizer_dir / name).exists():
-                files[f"tokenizer/{name}"] = tokenizer_dir / name
-    cached = stamp.get("inputs", {})
-    inputs = {
-        key: {"path": str(p), "stat": _stat(p), "md5": _digest(p, cached.get(key))}
-        for key, p in files.items()
-    }
-    material = {
-        "version": OUTPUT_VERSION,
-        "templates": hashlib.sha256((alpaca_prompt("{i}", "{x}") + CHAT_TEMPLATE).encode()).hexdigest(),
-        "inputs": {k: v["md5"] for k, v in inputs.items()},
-        "params": params.model_dump(mode="json", exclude={"remote"}),
-        "sequence_len": sequence_len if tokenizer_dir is not None else None,
-    }
-    digest = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
-    return digest, inputs
-
-
-def _outputs_state(prepared: Path) -> dict[str, list[int]] | None:
-    if not prepared.is_dir():
-        return None
-    return {p.name: _stat(p) for p in sorted(prepared.iterdir()) if p.is_file()}
+    return workspace.state / "data" / f"prepare-{name}.lock"
 
 
 # ---------------------------------------------------------------- temporary dirs and the swap
@@ -202,13 +161,6 @@ def recover_dir(prepared: Path) -> None:
             entry.rename(prepared)
         elif kind in ("old", "tmp"):
             shutil.rmtree(entry, ignore_errors=True)
-
-
-def is_current(workspace: Workspace, params: DataParams) -> bool:
-    """Whether ``prepared_dir`` is exactly what the last successful prepare run wrote."""
-    prepared = (workspace.root / params.prepared_dir).resolve()
-    stamp = _read_stamp(_stamp_path(workspace, prepared))
-    return bool(stamp) and stamp.get("outputs") == _outputs_state(prepared)
 
 
 # ---------------------------------------------------------------- the prepare run
@@ -257,7 +209,6 @@ def prepare(
     tokenizer_dir: Path | None,
     sequence_len: int,
     on_issue: OnIssue | None = None,
-    force: bool = False,
 ) -> PrepareResult:
     """Validate ``params.raw`` and write the prepared splits and reports to ``params.prepared_dir``.
 
@@ -271,22 +222,6 @@ def prepare(
     if not raw.is_file():
         raise DataError(f"raw data file not found: {raw}", hint="set data.raw in params.yaml")
     recover_dir(prepared)
-    stamp_file = _stamp_path(workspace, prepared)
-    stamp = _read_stamp(stamp_file)
-    fingerprint, inputs = _fingerprint(raw, params, tokenizer_dir, sequence_len, stamp)
-    if (
-        not force
-        and stamp.get("fingerprint") == fingerprint
-        and stamp.get("outputs") == _outputs_state(prepared)
-        and "result" in stamp
-    ):
-        if stamp.get("inputs") != inputs:  # same content, new mtime: remember it, skip the md5 next time
-            stamp["inputs"] = inputs
-            _write_stamp(stamp_file, stamp)
-        done = PrepareResult.from_json(stamp["result"])
-        done.unchanged = True
-        return done
-
     counter = TokenCounter(tokenizer_dir) if tokenizer_dir is not None else None
     created_parent = not prepared.parent.exists()
     prepared.parent.mkdir(parents=True, exist_ok=True)
@@ -317,7 +252,7 @@ def prepare(
         dropped = {"exact_duplicates": len(drop_exact), "too_long": len(drop_long - drop_exact)}
         files = _files(out)
         tok_info = (
-            {"name": tokenizer_dir.name, "md5": inputs["tokenizer/tokenizer.json"]["md5"]}
+            {"name": tokenizer_dir.name, "md5": file_md5(tokenizer_dir / "tokenizer.json")}
             if tokenizer_dir is not None and counter is not None
             else None
         )
@@ -332,9 +267,9 @@ def prepare(
         write_report(report, files["report_json"], files["report_html"])
         for part in sink.paths.values():
             part.unlink()
-        with file_lock(stamp_file.with_suffix(".lock")):
+        with file_lock(_lock_path(workspace, prepared)):
             publish_dir(out, prepared)
-            done = PrepareResult(
+            return PrepareResult(
                 format=result.format,
                 format_source=result.format_source,
                 counts=counts,
@@ -343,17 +278,8 @@ def prepare(
                 prepared_dir=prepared,
                 files=_files(prepared),
                 unchanged=False,
-                fingerprint=fingerprint,
                 review_examples=review.count,
             )
-            new_stamp = {
-                "fingerprint": fingerprint,
-                "inputs": inputs,
-                "outputs": _outputs_state(prepared),
-                "result": done.to_json(),
-            }
-            _write_stamp(stamp_file, new_stamp)
-        return done
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if created_parent and not prepared.exists():

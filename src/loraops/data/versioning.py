@@ -1,5 +1,9 @@
 """Prepared data under DVC: the `prepare` stage of dvc.yaml, the remote, push, and checkout by version.
 
+DVC owns the staleness of the prepared data: ``prepare_data`` asks `dvc status` whether the `prepare`
+stage is stale against dvc.lock (raw file, params, outputs) and prepares only then, recording the new
+outputs with `dvc commit`, as `dvc repro` would.
+
 The only side effects of versioning are here: the `dvc` CLI of the control environment (run as a
 subprocess) and DVC's own config writer. The data version is the DVC content hash of the prepared
 directory (the md5 of its ``.dir`` manifest) plus the git commit of the workspace. Restoring a version
@@ -9,7 +13,6 @@ checked against the manifest and swapped in as a whole.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -17,17 +20,28 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from loraops.data.integrity import (
+    CorruptDataError,
+    bad_objects_error,
+    cache_dir,
+    diagnose_fetch,
+    missing_from_cache,
+    object_path,
+    parse_manifest,
+    scrub_cache,
+)
 from loraops.data.params import DataParams
-from loraops.data.prepare import is_current, publish_dir, recover_dir
+from loraops.data.prepare import PrepareResult, prepare, publish_dir, recover_dir
+from loraops.data.validate import OnIssue
 from loraops.errors import DataError
-from loraops.files import file_md5
+from loraops.files import file_md5, write_text_atomic
 from loraops.train.params import TrainParams
 from loraops.vcs import git_commit
 from loraops.workspace import Workspace
@@ -141,12 +155,14 @@ def ensure_dvc_repo(workspace: Workspace, params: DataParams) -> None:
 
 
 def configure_remote(workspace: Workspace, params: DataParams) -> None:
-    """Make data.remote of params.yaml the default DVC remote (in .dvc/config.local)."""
+    """Make data.remote of params.yaml the default DVC remote (in .dvc/config.local), with DVC's
+    ``verify`` on."""
     from dvc.config import Config
 
     config = Config(dvc_dir=str(workspace.root / ".dvc"), validate=False)
     with config.edit("local") as conf:
-        remote: dict[str, Any] = {"url": remote_url(workspace, params)}
+        # verify: DVC hashes every object it fetches and deletes a corrupt one instead of caching it
+        remote: dict[str, Any] = {"url": remote_url(workspace, params), "verify": True}
         if params.remote.endpoint_url:
             remote["endpointurl"] = params.remote.endpoint_url
         conf["remote"][params.remote.name] = remote
@@ -154,8 +170,8 @@ def configure_remote(workspace: Workspace, params: DataParams) -> None:
 
 
 def prepare_stage(workspace: Workspace, params: DataParams) -> dict[str, Any]:
-    """The `prepare` stage, with the inputs of loraops' own unchanged-check: the raw file and the
-    params sections that change the output (only those params.yaml has: DVC fails on missing keys)."""
+    """The `prepare` stage, with the inputs that change its output: the raw file and the params
+    sections (only those params.yaml has: DVC fails on missing keys). DVC decides staleness on them."""
     present: dict[str, Any] = {}
     if workspace.params_file.exists():
         loaded = yaml.safe_load(workspace.params_file.read_text("utf-8"))
@@ -223,9 +239,65 @@ def ensure_prepare_stage(workspace: Workspace, params: DataParams) -> None:
             )
         return
     stages[STAGE] = prepare_stage(workspace, params)
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(yaml.safe_dump(doc, sort_keys=False), "utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, yaml.safe_dump(doc, sort_keys=False))
+
+
+# ---------------------------------------------------------------- staleness, owned by DVC
+
+
+def stage_changes(workspace: Workspace, params: DataParams) -> list[str]:
+    """What `dvc status` finds changed in the `prepare` stage against dvc.lock (raw file, params,
+    outputs, command); empty when the prepared data is up to date."""
+    out = run_dvc(workspace.root, "status", "--json", STAGE, what="dvc status")
+    found = json.loads(out or "{}")
+    changes: list[str] = []
+    for entry in next(iter(found.values()), []) if isinstance(found, dict) else []:
+        if isinstance(entry, str):
+            changes.append(entry)
+            continue
+        for kind, what in entry.items():
+            items = _describe(what) if isinstance(what, dict) else ""
+            changes.append(f"{kind}: {items}" if items else str(kind))
+    return changes
+
+
+def _describe(changed: dict[str, Any]) -> str:
+    """``{"data/raw/x.jsonl": "modified", "params.yaml": {"data": "modified"}}`` -> one line."""
+    return ", ".join(
+        f"{path} ({_describe(state)})" if isinstance(state, dict) else f"{path} {state}"
+        for path, state in changed.items()
+    )
+
+
+def prepare_data(
+    workspace: Workspace,
+    params: DataParams,
+    *,
+    tokenizer_dir: Path | None,
+    sequence_len: int,
+    on_issue: OnIssue | None = None,
+    force: bool = False,
+) -> PrepareResult:
+    """Prepare the data when DVC says the `prepare` stage is stale (or ``force``), then record the new
+    outputs in dvc.lock (`dvc commit`); else the last prepared data, marked unchanged.
+
+    A workspace that is not a git repository has no DVC: there it prepares every time.
+    """
+    root = workspace.root
+    if not (root / ".git").exists():
+        return prepare(
+            workspace, params, tokenizer_dir=tokenizer_dir, sequence_len=sequence_len, on_issue=on_issue
+        )
+    ensure_dvc_repo(workspace, params)
+    prepared = (root / params.prepared_dir).resolve()
+    recover_dir(prepared)
+    if not force and not stage_changes(workspace, params):
+        return PrepareResult.from_report(prepared)
+    result = prepare(
+        workspace, params, tokenizer_dir=tokenizer_dir, sequence_len=sequence_len, on_issue=on_issue
+    )
+    run_dvc(root, "commit", "--force", STAGE, what="dvc commit")
+    return result
 
 
 # ---------------------------------------------------------------- version and push
@@ -248,59 +320,117 @@ def version_data(workspace: Workspace, params: DataParams, *, push: bool = True)
     """Record the prepared data in the DVC cache and dvc.lock (``dvc commit`` of the prepare stage),
     push it to the remote, and return its version.
 
-    Refuses data that `loraops data prepare` did not produce (missing, or changed since): only data
-    that passed validation is ever cached or pushed. Re-running after an interrupted push uploads
-    what is missing (DVC skips objects the remote has).
+    Refuses data that `loraops data prepare` (or `dvc repro`) did not produce from the current inputs
+    (DVC's `prepare` stage is stale: missing, edited, or its inputs changed since): only data that
+    passed validation is ever cached or pushed. Commits nothing when dvc.lock is current, so it also
+    runs inside a DVC stage (`dvc exp run`). Re-running after an interrupted push uploads what is
+    missing (DVC skips objects the remote has).
     """
     recover_dir((workspace.root / params.prepared_dir).resolve())
-    if not is_current(workspace, params):
-        raise DataError(
-            f"{params.prepared_dir} is not the output of the last successful `loraops data prepare`",
-            hint="run `loraops data prepare` first",
-        )
     ensure_dvc_repo(workspace, params)
-    run_dvc(workspace.root, "commit", "--force", STAGE, what="dvc commit")
+    changes = stage_changes(workspace, params)
+    if changes:
+        raise DataError(
+            f"{params.prepared_dir} is not the output of the last successful `loraops data prepare` "
+            f"(DVC: {'; '.join(changes)})",
+            hint="run `loraops data prepare` (or `dvc repro prepare`) first",
+        )
     digest = locked_hash(workspace, params)
     if digest is None:
-        raise DataError(f"dvc.lock has no hash for {params.prepared_dir} after dvc commit")
+        raise DataError(f"dvc.lock has no hash for {params.prepared_dir}", hint="run `dvc repro prepare`")
+    cache = cache_dir(workspace.root)
+    if missing_from_cache(cache, digest) or scrub_cache(cache, digest):
+        # not cached (a checkout from elsewhere) or a corrupt cache copy (DVC does not re-hash its
+        # read-only objects): re-added from the prepared files, which `dvc status` vouched for
+        run_dvc(workspace.root, "commit", "--force", STAGE, what="dvc commit")
     if push:
         push_data(workspace, params)
     return DataVersion(digest, git_commit(workspace.root), params.prepared_dir)
 
 
 def push_data(workspace: Workspace, params: DataParams) -> str:
-    """`dvc push` of the prepare stage's outputs to the configured remote (resumable: re-run it)."""
+    """`dvc push` of the prepare stage's outputs to the configured remote (resumable: re-run it).
+
+    The cached objects are hashed first: a corrupt one is removed and never uploaded.
+    """
+    digest = locked_hash(workspace, params)
+    bad = scrub_cache(cache_dir(workspace.root), digest) if digest else []
+    if bad and digest:
+        raise CorruptDataError(
+            f"not pushing data version {digest}: " + "; ".join(f"{b.describe()}; removed" for b in bad),
+            bad,
+            hint="run `loraops data version` to re-add it from the prepared files "
+            "(or `loraops data prepare` first if they changed)",
+        )
     return run_dvc(workspace.root, "push", "--remote", params.remote.name, STAGE, what="dvc push")
 
 
 # ---------------------------------------------------------------- checkout
 
 
-def _dir_manifest(cache: Path, digest: str) -> list[dict[str, Any]]:
-    path = cache / "files" / "md5" / digest[:2] / f"{digest[2:]}.dir"
-    raw = path.read_bytes()
-    if hashlib.md5(raw, usedforsecurity=False).hexdigest() != digest:
-        raise DataError(f"the DVC cache entry {path} is corrupt", hint="delete it and run the checkout again")
-    entries = json.loads(raw)
-    return entries if isinstance(entries, list) else []
-
-
-def verify_dir(directory: Path, manifest: Sequence[dict[str, Any]]) -> None:
+def verify_dir(directory: Path, manifest: dict[str, str]) -> None:
     """Raises DataError unless ``directory`` holds exactly the files of ``manifest``, byte for byte."""
-    want = {e["relpath"]: e["md5"] for e in manifest}
     have = {str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file()}
-    if set(want) != have:
-        raise DataError(f"restored data has files {sorted(have)}, expected {sorted(want)}")
-    for rel, md5 in want.items():
-        if file_md5(directory / rel) != md5:
-            raise DataError(f"restored file {rel} does not match its recorded hash")
+    if set(manifest) != have:
+        raise DataError(f"restored data has files {sorted(have)}, expected {sorted(manifest)}")
+    for rel, md5 in manifest.items():
+        actual = file_md5(directory / rel)
+        if actual != md5:
+            raise DataError(f"restored file {rel} has md5 {actual}, expected {md5}")
 
 
-def checkout_data(workspace: Workspace, version: DataVersion, *, remote: str | None = None) -> Path:
+Notice = Callable[[str], None]
+
+
+def _checkout_repo(tmp: Path, cache: Path, remote_name: str | None, remotes: Any, digest: str) -> Path:
+    """A throwaway DVC repo on the workspace's cache and remote (verify forced on), tracking ``digest``."""
+    from dvc.config import Config
+
+    repo = tmp / "repo"
+    (repo / ".dvc").mkdir(parents=True)
+    # what `dvc init --no-scm` writes, without its second of start-up
+    with Config(dvc_dir=str(repo / ".dvc"), validate=False).edit("repo") as conf:
+        conf["core"]["no_scm"] = True
+    with Config(dvc_dir=str(repo / ".dvc"), validate=False).edit("local") as local:
+        local["cache"]["dir"] = str(cache)
+        if remote_name and remote_name in remotes:
+            local["remote"][remote_name] = {**dict(remotes[remote_name]), "verify": True}
+            local["core"]["remote"] = remote_name
+    (repo / "data.dvc").write_text(
+        yaml.safe_dump({"outs": [{"md5": f"{digest}.dir", "path": "data", "hash": "md5"}]}), "utf-8"
+    )
+    return repo
+
+
+def _pull(repo: Path, cache: Path, version: DataVersion, remote_name: str | None) -> None:
+    """`dvc pull` (fetch with verify, then checkout); on failure, raises with every bad or missing copy.
+
+    ``remote_name`` is None when no remote is configured.
+    """
+    try:
+        run_dvc(repo, "pull", "--quiet", "data.dvc", what=f"restoring data version {version.dvc_hash}")
+        return
+    except DataError as exc:
+        failure = exc
+    bad = diagnose_fetch(repo, cache, version.dvc_hash, remote_name)
+    if any(b.actual is not None for b in bad):
+        raise bad_objects_error(version.tag(), bad, remote_name) from None
+    why = "; ".join(b.describe() for b in bad) or failure.message
+    raise DataError(
+        f"data version {version.dvc_hash} is neither in the DVC cache nor on remote '{remote_name}': {why}",
+        hint="check the version and data.remote in params.yaml",
+    ) from None
+
+
+def checkout_data(
+    workspace: Workspace, version: DataVersion, *, remote: str | None = None, on_notice: Notice | None = None
+) -> Path:
     """Restore the prepared data of ``version`` into ``version.path`` (whole directory, atomically).
 
     The objects come from the workspace's DVC cache, else from its remote (``remote`` or the default
-    one configured by ensure_dvc_repo). Returns the restored directory.
+    one configured by ensure_dvc_repo), fetched with DVC's ``verify``. Every object is hashed: a
+    corrupt cache copy is removed (and fetched again, said through ``on_notice``); a corrupt remote
+    copy never reaches the cache and is named in the error. Returns the restored directory.
     """
     root = workspace.root
     if not (root / ".dvc").is_dir():
@@ -308,37 +438,37 @@ def checkout_data(workspace: Workspace, version: DataVersion, *, remote: str | N
     from dvc.config import Config
 
     conf = Config(dvc_dir=str(root / ".dvc"), validate=False)
-    cache = Path(conf["cache"].get("dir") or root / ".dvc" / "cache")
+    cache = cache_dir(root)
     remote_name = remote or conf["core"].get("remote")
-    remotes = conf["remote"]
+    configured = remote_name if remote_name and remote_name in conf["remote"] else None
     target = (root / version.path).resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     recover_dir(target)
+    refetch = f", fetching a good copy from remote '{configured}'" if configured else ""
+    for found in scrub_cache(cache, version.dvc_hash):
+        if on_notice is not None:
+            on_notice(f"{found.describe()}; removed it{refetch}")
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     try:
-        repo = tmp / "repo"
-        repo.mkdir()
-        run_dvc(repo, "init", "--no-scm", "--quiet", what="dvc init (checkout)")
-        with Config(dvc_dir=str(repo / ".dvc"), validate=False).edit("local") as local:
-            local["cache"]["dir"] = str(cache)
-            if remote_name and remote_name in remotes:
-                local["remote"][remote_name] = dict(remotes[remote_name])
-                local["core"]["remote"] = remote_name
-        (repo / "data.dvc").write_text(
-            yaml.safe_dump({"outs": [{"md5": f"{version.dvc_hash}.dir", "path": "data", "hash": "md5"}]}),
-            "utf-8",
-        )
-        try:
-            run_dvc(repo, "pull", "--quiet", "data.dvc", what=f"restoring data version {version.dvc_hash}")
-        except DataError as exc:
-            raise DataError(
-                f"data version {version.dvc_hash} is neither in the DVC cache nor on remote "
-                f"'{remote_name}': {exc.message}",
-                hint="check the version and data.remote in params.yaml",
-            ) from None
-        data = repo / "data"
-        verify_dir(data, _dir_manifest(cache, version.dvc_hash))
-        publish_dir(data, target)
+        repo = _checkout_repo(tmp, cache, remote_name, conf["remote"], version.dvc_hash)
+        # two tries: a corrupt cached manifest hides the files it lists from the first scrub
+        for last in (False, True):
+            _pull(repo, cache, version, configured)
+            manifest = parse_manifest(object_path(cache, f"{version.dvc_hash}.dir").read_bytes())
+            try:
+                verify_dir(repo / "data", manifest)
+                break
+            except DataError:
+                bad = scrub_cache(cache, version.dvc_hash)  # never leave what failed in the cache
+                if not bad:
+                    raise
+                if last or configured is None:
+                    raise bad_objects_error(version.tag(), bad, remote_name) from None
+                for found in bad:
+                    if on_notice is not None:
+                        on_notice(f"{found.describe()}; removed it{refetch}")
+                shutil.rmtree(repo / "data")
+        publish_dir(repo / "data", target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
