@@ -31,7 +31,9 @@ def make_workspace(dest: Path, overrides: dict | None = None) -> Path:
     shutil.copy2(ROOT / "dvc.yaml", dest / "dvc.yaml")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["serving"]["port"] = free_port()
-    params["stack"].update(mlflow_port=free_port(), prefect_port=free_port(), sync_port=free_port())
+    params["stack"].update(
+        mlflow_port=free_port(), prefect_port=free_port(), sync_port=free_port(), worker_port=free_port()
+    )
     for section, values in (overrides or {}).items():
         params.setdefault(section, {}).update(values)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import struct
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from uuid import UUID
 
 import pytest
 import yaml
 from mlflow import MlflowClient
 from openai import OpenAI
 
-from conftest import make_workspace, run_cli
+from conftest import SHARED_CACHE, make_workspace, run_cli
 from loraops.data.demo import as_chat, routing_schema, write_demo_dataset
 from loraops.evaluate.metrics import first_json_object
 from loraops.evaluate.suite import question_of, reference_of
@@ -28,6 +32,8 @@ from loraops.gate.promote import sync_status
 from loraops.services import ServiceManager
 from loraops.serving.policy import CANARY_TAG, OVERRIDE_TAG
 from loraops.serving.vllm import VllmClient
+from loraops.stack.deploy import trigger_retrain, wait_for_run
+from test_notify import Receiver
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -203,7 +209,15 @@ def test_the_same_recipe_gives_the_same_adapter_and_the_same_decision(demo: tupl
     same adapter, tensor for tensor, the same answers to every test example, and a PASS against the
     first version (no spurious "worse than champion")."""
     d, _ = demo
-    retrain = run_cli(d.ws, "retrain")
+    again = run_cli(d.ws, "retrain")  # unchanged data: the champion was trained on it, nothing to do
+    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+    data_hash = d.client().get_model_version(d.model, "1").tags["data.dvc_hash"]
+    assert (
+        f"== skipped: data {data_hash[:12]} unchanged: the champion (version 1) was trained on it"
+        in again.stdout
+    )
+    assert [v.version for v in d.client().search_model_versions(f"name = '{d.model}'")] == ["1"]
+    retrain = run_cli(d.ws, "retrain", "--force")
     assert retrain.returncode == 0, (retrain.stdout + retrain.stderr)[-4000:]
     client = d.client()
     v1, v2 = (client.get_model_version(d.model, v) for v in ("1", "2"))
@@ -277,24 +291,90 @@ def test_data_is_versioned_with_dvc(demo: tuple[Demo, str]) -> None:
     assert (d.ws / "dvc.lock").exists() or list(d.ws.glob("data/*.dvc"))
 
 
+def _task_states(api: str, flow_run_id: str) -> dict[str, str]:
+    """Task name -> final state name of each task run of a flow run (Prefect API)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)]))
+        )
+    return {r.name.rsplit("-", 1)[0]: r.state.name if r.state else "unknown" for r in runs}
+
+
 def test_chat_data_trains_and_evaluates_through_the_flow_and_rollback_hot_swaps(
     demo: tuple[Demo, str],
 ) -> None:
-    """Version 5 is trained on the same tickets as chat records (Axolotl chat_template with the tokenizer's
-    template, evaluated through the chat endpoint); then the alias moves both ways without a restart."""
+    """A version is trained on the same tickets as chat records (Axolotl chat_template with the tokenizer's
+    template, evaluated through the chat endpoint), by runs of the retrain deployment on the stack's
+    Prefect worker, started through the Prefect API as the scheduler or the UI's "Run" would: the first
+    fails in evaluation (a request timeout no server meets) and is notified; two triggers at once then run
+    one retrain, which resumes at evaluation without training again; a further trigger on the unchanged
+    data skips. Then the alias moves both ways without a restart."""
     d, _ = demo
     pid = d.vllm_pid()
+    api = f"http://127.0.0.1:{d.params['stack']['prefect_port']}/api"
+    worker_log = d.ws / ".loraops" / "logs" / "worker.log"
+    before = max(int(v.version) for v in d.client().search_model_versions(f"name = '{d.model}'"))
     d.switch_to_chat_data()
-    retrain = run_cli(d.ws, "retrain")
-    output = retrain.stdout + retrain.stderr
-    # training and greedy evaluation are deterministic: the chat version passes the gate and is promoted
-    assert retrain.returncode == 0, output[-4000:]
-    assert "prepared data: prepared:" in output and "(chat," in output, output[-4000:]
+    good = (d.ws / "params.yaml").read_text()
+    broken = yaml.safe_load(good)
+    broken["evaluate"]["request_timeout_s"] = 0.001
+    broken["schedule"]["retries"] = 0
+    receiver = Receiver([200])
+    broken["notify"]["webhook_url"] = receiver.url
+    (d.ws / "params.yaml").write_text(yaml.safe_dump(broken, sort_keys=False))
+    try:
+        failed = trigger_retrain(api, "scheduled")
+        assert wait_for_run(api, failed) == "Failed", worker_log.read_text()[-4000:]
+    finally:
+        (d.ws / "params.yaml").write_text(good)
+        receiver.server.shutdown()
+    states = _task_states(api, failed)
+    assert (states["train-adapter"], states["register"], states["evaluate"]) == (
+        "Completed",
+        "Completed",
+        "Failed",
+    ), states
+    assert [(b["event"], b["model"]) for b in receiver.bodies] == [("failed", d.model)]
+    assert failed in receiver.bodies[0]["flow_run_url"]
+
+    runs = [trigger_retrain(api, "scheduled") for _ in range(2)]  # two triggers at once
+    finals = [wait_for_run(api, run) for run in runs]
+    judged = [run for run in runs if "evaluate" in _task_states(api, run)]
+    assert len(judged) == 1, (finals, [_task_states(api, r) for r in runs], worker_log.read_text()[-4000:])
+    resumed = _task_states(api, judged[0])
+    assert finals[runs.index(judged[0])] == "Completed", worker_log.read_text()[-4000:]
+    assert (resumed["train-adapter"], resumed["register"], resumed["evaluate"], resumed["promote"]) == (
+        "Cached",
+        "Cached",
+        "Completed",
+        "Completed",
+    ), resumed
     client = MlflowClient(tracking_uri=d.mlflow, registry_uri=d.mlflow)
-    v5 = client.get_model_version(d.model, "5")
-    assert v5.tags["gate"] == "passed"
-    run = client.get_run(v5.run_id)
-    config_dir = Path(client.download_artifacts(v5.run_id, "axolotl", str(d.ws / ".loraops" / "check")))
+    versions = {int(v.version) for v in client.search_model_versions(f"name = '{d.model}'")}
+    assert max(versions) == before + 1  # one version: the failed run registered it, the rerun reused it
+    chat = str(before + 1)
+
+    unchanged = trigger_retrain(api, "scheduled")
+    assert wait_for_run(api, unchanged) == "Completed", worker_log.read_text()[-4000:]
+    skipped = _task_states(api, unchanged)
+    assert "champion" in skipped and "train-adapter" not in skipped, skipped
+    status = run_cli(d.ws, "status")
+    last = next(ln for ln in status.stdout.splitlines() if ln.startswith("== last retrain: "))
+    assert f"/runs/flow-run/{unchanged}" in last and " Completed (" in last, last
+    nxt = next(ln for ln in status.stdout.splitlines() if ln.startswith("== next scheduled run: "))
+    assert "T03:00" in nxt, nxt  # schedule.cron "0 3 * * *" of the demo's params.yaml
+
+    client = MlflowClient(tracking_uri=d.mlflow, registry_uri=d.mlflow)
+    chat_version = client.get_model_version(d.model, chat)
+    assert chat_version.tags["gate"] == "passed"
+    run = client.get_run(chat_version.run_id)
+    config_dir = Path(
+        client.download_artifacts(chat_version.run_id, "axolotl", str(d.ws / ".loraops" / "check"))
+    )
     rendered = yaml.safe_load((config_dir / "axolotl.yaml").read_text())
     assert rendered["datasets"][0]["type"] == "chat_template"
     assert rendered["datasets"][0]["chat_template"] == "tokenizer_default"
@@ -304,7 +384,7 @@ def test_chat_data_trains_and_evaluates_through_the_flow_and_rollback_hot_swaps(
         assert metrics[f"candidate.field.{field}"] > metrics[f"base.field.{field}"], field
     assert run.data.tags["train.launcher"] == "local"
     assert "cost.usd" in metrics and metrics["train.wall_s"] > 0
-    history = client.get_metric_history(v5.run_id, "train.loss")
+    history = client.get_metric_history(chat_version.run_id, "train.loss")
     assert len(history) > 10 and len({m.step for m in history}) == len(history)  # one point per step
     # An engineer moves the alias (what the MLflow UI does): the webhook swaps the adapter, both ways.
     for version in ("2", "1"):
@@ -502,3 +582,68 @@ def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
     assert (
         not list((ws / ".loraops" / "pids").glob("*.json")) if (ws / ".loraops" / "pids").exists() else True
     )
+
+
+def _experiments(shown: list[dict]) -> list[dict]:
+    """The experiments' data in `dvc exp show --json` (every baseline's list of runs)."""
+    return [run["data"] for base in shown for exp in base.get("experiments") or [] for run in exp["revs"]]
+
+
+def test_a_dvc_experiment_trains_and_judges_a_variant_without_promoting(demo: tuple[Demo, str]) -> None:
+    """`dvc exp run -S train.lora_r=8 ...` in the demo workspace: DVC skips the unchanged prepare stage, its
+    train stage registers a new version through loraops (lora_r 8 in the run's params), its evaluate stage
+    judges that version without moving the champion alias, and `dvc exp show` lists the gate's verdict."""
+    d, _ = demo
+    client = d.client()
+    champion = client.get_model_version_by_alias(d.model, "champion").version
+    before = {v.version for v in client.search_model_versions(f"name = '{d.model}'")}
+    bin_dir = Path(sys.executable).parent  # `loraops` for the stages' commands
+    env = dict(os.environ, LORAOPS_CACHE=str(SHARED_CACHE), PYTHONUNBUFFERED="1", DVC_NO_ANALYTICS="1")
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    env.pop("LORAOPS_WORKSPACE", None)
+    params = (d.ws / "params.yaml").read_text()
+    try:
+        run = subprocess.run(
+            # (one epoch instead of three keeps the test's training short)
+            [str(bin_dir / "dvc"), "exp", "run", "-S", "train.lora_r=8", "-S", "train.num_epochs=1"],
+            cwd=d.ws,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=False,
+        )
+    finally:
+        (d.ws / "params.yaml").write_text(params)  # the experiment's params stay in its git ref
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-4000:]
+    assert "Stage 'prepare' didn't change, skipping" in output, output[-4000:]
+    assert "Running stage 'train'" in output and "Running stage 'evaluate'" in output
+    created = {v.version for v in client.search_model_versions(f"name = '{d.model}'")} - before
+    assert len(created) == 1, created
+    version = created.pop()
+    info = client.get_model_version(d.model, version)
+    assert client.get_run(info.run_id).data.params["lora_r"] == "8"
+    assert info.tags["gate"] in ("passed", "failed")  # the decision is recorded on the version
+    assert client.get_model_version_by_alias(d.model, "champion").version == champion
+    assert "not promoted (--no-promote)" in output
+    metrics = json.loads((d.ws / "metrics" / "evaluate.json").read_text())
+    assert metrics["version"] == int(version) and metrics["gate"] == info.tags["gate"], metrics
+    assert "candidate.score" in metrics and "base.score" in metrics
+    shown = subprocess.run(
+        [str(bin_dir / "dvc"), "exp", "show", "--json"],
+        cwd=d.ws,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    ours = [
+        exp
+        for exp in _experiments(json.loads(shown.stdout))
+        if exp["params"]["params.yaml"]["data"]["train"]["lora_r"] == 8
+    ]
+    assert len(ours) == 1, shown.stdout[-4000:]
+    verdict = ours[0]["metrics"]["metrics/evaluate.json"]["data"]
+    assert (verdict["version"], verdict["gate"]) == (int(version), info.tags["gate"])

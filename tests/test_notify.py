@@ -67,7 +67,7 @@ def test_a_refusal_reaches_the_receiver_with_a_readable_line(receiver_of) -> Non
 
 def test_events_not_asked_for_are_not_sent(receiver_of) -> None:
     receiver = receiver_of([200])
-    params = NotifyParams(webhook_url=receiver.url, on=["failed"])
+    params = NotifyParams(webhook_url=receiver.url, events=["failed"])
     assert notify(params, NOTICE) is None
     assert receiver.bodies == []
 

@@ -9,10 +9,14 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from loraops.errors import LoraopsError, StackError, StageError
 from loraops.workspace import Workspace
+
+if TYPE_CHECKING:
+    from loraops.loop.pipeline import RetrainOutcome
 
 _T0 = time.monotonic()
 # `loraops retrain` exits with this when the gate refused the candidate (for scripts); `demo` exits 0.
@@ -118,27 +122,30 @@ def _quiet_known_errors() -> None:
             handler.addFilter(quiet)
 
 
-def _run_flow(ws: Workspace, flow: str = "retrain", **flow_args: Any) -> dict[str, Any]:
+def _run_flow(ws: Workspace, flow: str = "retrain", **flow_args: Any) -> RetrainOutcome:
     from loraops.flows import load_flow
 
     _quiet_known_errors()
 
     run = load_flow("retrain", flow)
-    result: dict[str, Any] = run(workspace=str(ws.root), **flow_args)
-    return result
+    outcome: RetrainOutcome = run(workspace=str(ws.root), **flow_args)
+    return outcome
 
 
-def _print_judgement(result: dict[str, Any]) -> None:
+def _print_judgement(outcome: RetrainOutcome) -> None:
     """The gate's verdict, each check, the cost comparison, where the report is, what moved."""
+    judged = outcome.judgement
+    if judged is None:
+        return
     print()
-    print(f"== gate: {result['gate_summary']}")
-    for line in result["gate_lines"]:
+    print(f"== gate: {judged.summary}")
+    for line in judged.checks:
         print(f"   {line}")
-    if result.get("economics"):
-        print(f"== cost: {result['economics']}")
-    print(f"== report: {result['report']}")
-    if result.get("alias") and not result["promoted"]:
-        print(f"== version {result['version']} is now {result['alias']!r}: promote it in the MLflow UI")
+    if judged.economics:
+        print(f"== cost: {judged.economics}")
+    print(f"== report: {judged.report}")
+    if judged.alias and not judged.promoted and outcome.registered:
+        print(f"== version {outcome.registered.version} is now {judged.alias!r}: promote it in the MLflow UI")
 
 
 def _require_server(urls: Any) -> None:
@@ -162,7 +169,21 @@ def cmd_up(args: argparse.Namespace) -> int:
         say("starting MLflow, Prefect, vLLM and the alias sync hook (first start ~30-60 s)")
     urls = local.up(ws, params, base, on_event=say)
     _print_urls(urls)
+    _print_deployment(_up_worker(ws, params, urls))
     return 0
+
+
+def _up_worker(ws: Workspace, params: Any, urls: Any) -> Any:
+    from loraops.stack.deploy import up_worker
+
+    _use_prefect(urls)  # before Prefect is first imported: it reads its settings once
+    return up_worker(ws, params, urls, on_event=say)
+
+
+def _print_deployment(info: Any) -> None:
+    when = f"cron {info.cron!r} ({info.timezone})" if info.cron else "no schedule (runs when triggered)"
+    print(f"  retrain   : deployment {info.name}, {when}, work pool {info.work_pool!r}")
+    print(f"              {info.url}  (Run there, or `prefect deployment run {info.name}`)")
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -270,14 +291,17 @@ def cmd_retrain(args: argparse.Namespace, *, show_answer: bool = True) -> int:
     _require_server(urls)
     _use_prefect(urls)
     say("running the retrain flow (progress below; also in the Prefect UI)")
-    result = _run_flow(ws, skip_if_unchanged=getattr(args, "skip_if_unchanged", False))
-    if result.get("skipped"):
-        print(f"== skipped: data {result['data_version']} unchanged, already in version {result['version']}")
-        return 0
-    _print_judgement(result)
-    print(f"== registered {result['model_name']} version {result['version']} (data {result['data_version']})")
-    print(f"   run    : {result['run_url']}")
-    print(f"   version: {result['version_url']}")
+    outcome = _run_flow(ws, force=getattr(args, "force", False))
+    if outcome.skipped is not None:
+        print(f"== skipped: {outcome.skipped} (`loraops retrain --force` trains anyway)")
+    else:
+        _print_judgement(outcome)
+        registered = outcome.registered
+        assert registered is not None
+        name, version = registered.model_name, registered.version
+        print(f"== registered {name} version {version} (data {registered.data_version})")
+        print(f"   run    : {registered.run_url}")
+        print(f"   version: {registered.version_url}")
     if show_answer:
         prompt, messages = _example_request(ws, params)
         stable, base = params.registry.model_name, params.base_model.name()
@@ -285,14 +309,14 @@ def cmd_retrain(args: argparse.Namespace, *, show_answer: bool = True) -> int:
         print(f"   prompt: {prompt!r}")
         creds = local.serving_credentials(ws, params)
         print(f"   api key: {creds.api_key_file} (Authorization: Bearer <key>)")
-        if result["promoted"] or _has_champion(ws, params):
+        if _has_champion(ws, params):
             print(f"   {stable!r} (stable name) -> {_ask(urls.endpoint, creds.api_key, stable, messages)}")
         else:
             print(f"   {stable!r}: no champion yet, nothing is served under the stable name")
         print(f"   {base!r} (base model) -> {_ask(urls.endpoint, creds.api_key, base, messages)}")
     print("== services (still running; `make down` stops them)")
     _print_urls(urls)
-    return 0 if result["gate"]["passed"] else GATE_REFUSED
+    return 0 if outcome.gate_passed else GATE_REFUSED
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -304,12 +328,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     urls = local.stack_urls(params)
     _require_server(urls)
     _use_prefect(urls)
-    say(f"evaluating {params.registry.model_name} version {args.version} (progress below; also in Prefect)")
-    result = _run_flow(ws, "evaluate", version=str(args.version))
-    _print_judgement(result)
-    print(f"   run    : {result['run_url']}")
-    print(f"   version: {result['version_url']}")
-    return 0 if result["gate"]["passed"] else GATE_REFUSED
+    version = _version_arg(args)
+    say(f"evaluating {params.registry.model_name} version {version} (progress below; also in Prefect)")
+    outcome = _run_flow(ws, "evaluate", version=version, promote=not args.no_promote)
+    _print_judgement(outcome)
+    registered = outcome.registered
+    assert registered is not None
+    if args.no_promote:
+        print(f"== not promoted (--no-promote): the gate's decision is recorded on version {version}")
+    if args.metrics:
+        from loraops.loop.experiment import evaluation_metrics, write_json
+
+        write_json(Path(args.metrics), evaluation_metrics(outcome))
+    print(f"   run    : {registered.run_url}")
+    print(f"   version: {registered.version_url}")
+    # with --metrics the verdict is in the file: a refusal is a result (a DVC stage must not fail on it)
+    return 0 if outcome.gate_passed or args.metrics else GATE_REFUSED
+
+
+def _version_arg(args: argparse.Namespace) -> str:
+    """The version to evaluate: the argument, or the one in the --version-from file."""
+    if args.version_from:
+        from loraops.loop.experiment import version_from
+
+        return version_from(Path(args.version_from))
+    if args.version is None:
+        raise StageError("no version to evaluate", hint="name one (loraops evaluate 3) or use --version-from")
+    return str(args.version)
 
 
 def cmd_register(args: argparse.Namespace) -> int:
@@ -442,9 +487,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     urls = local.up_control_plane(ws, params, on_event=say)
     _use_prefect(urls)
     say(f"running the retrain flow up to registration, training with the {launcher} launcher")
-    result = _run_flow(ws, launcher=args.launcher, evaluate=False)
-    trained = result["trained"]
-    lineage = result["lineage"]
+    outcome = _run_flow(ws, launcher=args.launcher, evaluate=False, force=True)
+    registered = outcome.registered
+    assert registered is not None
+    trained, lineage = registered.trained, registered.lineage
     job = f", job {trained['job_name']}" if "job_name" in trained else ""
     resumed = trained.get("resumed_from_step")
     rows = [
@@ -459,11 +505,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         instances = f"{trained.get('instance_count', 1)} x {trained.get('instance_type')}"
         rows.insert(1, ("instances", f"{instances}, spot {trained.get('spot')}"))
     print()
-    print(f"== registered {result['model_name']} version {result['version']}")
+    print(f"== registered {registered.model_name} version {registered.version}")
     for label, value in rows:
         print(f"   {label:<10s}: {value}")
-    print(f"   {'run':<10s}: {result['run_url']}")
-    print(f"   {'version':<10s}: {result['version_url']}")
+    print(f"   {'run':<10s}: {registered.run_url}")
+    print(f"   {'version':<10s}: {registered.version_url}")
+    if args.output:
+        from loraops.loop.experiment import train_record, write_json
+
+        write_json(Path(args.output), train_record(registered))
     return 0
 
 
@@ -541,27 +591,57 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
-    """Serve the retrain flow as a Prefect deployment on a cron schedule (runs until interrupted)."""
-    from loraops.flows import load_flow
+    """Register the retrain deployment from params.yaml `schedule:` and start the worker that runs it;
+    with --run, also start one run now, as the Prefect UI's "Run" does, and wait for it."""
     from loraops.stack import local
+    from loraops.stack.deploy import trigger_retrain, wait_for_run
 
     ws = _workspace(args)
     params = _params(ws)
-    _use_prefect(local.stack_urls(params))
-    retrain = load_flow("retrain")
-    say(f"serving deployment retrain/scheduled with cron {args.cron!r} (Ctrl-C stops it)")
-    retrain.serve(
-        name="scheduled",
-        cron=args.cron,
-        parameters={"workspace": str(ws.root), "skip_if_unchanged": True},
-    )
-    return 0
+    urls = local.stack_urls(params)
+    _require_server(urls)
+    info = _up_worker(ws, params, urls)
+    _print_deployment(info)
+    if not args.run:
+        return 0
+    run_id = trigger_retrain(urls.prefect_api, params.schedule.deployment)
+    say(f"started flow run {urls.prefect_ui}/runs/flow-run/{run_id} on the worker; waiting for it")
+    state = wait_for_run(urls.prefect_api, run_id)
+    print(f"== flow run {run_id}: {state}")
+    return 0 if state == "Completed" else 1
+
+
+def _describe_subcommands(sub: Any) -> None:
+    """Each subcommand's --help starts with its one-line help (argparse shows it only in the list)."""
+    add = sub.add_parser
+
+    def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        kwargs.setdefault("description", kwargs.get("help"))
+        parser: argparse.ArgumentParser = add(name, **kwargs)
+        if getattr(parser, "_subparsers", None) is None:
+            original = parser.add_subparsers
+
+            def nested(**sub_kwargs: Any) -> Any:
+                inner = original(**sub_kwargs)
+                _describe_subcommands(inner)
+                return inner
+
+            parser.add_subparsers = nested  # type: ignore[method-assign]
+        return parser
+
+    sub.add_parser = add_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="loraops", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="loraops",
+        description="Keep fine-tuned LoRA adapters fresh, safe and served: Prefect runs the loop, DVC "
+        "versions the data, Axolotl trains, MLflow registers, a gate decides, vLLM serves.",
+        epilog="Start with `loraops demo`; `loraops COMMAND --help` explains each command's options.",
+    )
     parser.add_argument("--workspace", help="project directory with params.yaml (default: current directory)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _describe_subcommands(sub)
     commands: list[tuple[str, Callable[[argparse.Namespace], int], str]] = [
         ("demo", cmd_demo, "set up, start the stack, run the retrain flow once and ask the endpoint"),
         ("up", cmd_up, "start MLflow, Prefect, vLLM and the alias sync hook"),
@@ -580,7 +660,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
     retrain = sub.add_parser("retrain", help="run the retrain flow once against the running stack")
     retrain.add_argument(
-        "--skip-if-unchanged", action="store_true", help="do nothing when this data was already trained on"
+        "--force",
+        action="store_true",
+        help="train even when the champion was trained on the same data version (default: skip)",
     )
     retrain.set_defaults(func=cmd_retrain)
     train = sub.add_parser(
@@ -591,14 +673,35 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["local", "sagemaker"],
         help="where to train (default: train.launcher in params.yaml)",
     )
+    train.add_argument(
+        "--output", metavar="FILE", help="also write the registered version, run and data version as JSON"
+    )
     train.set_defaults(func=cmd_train)
-    schedule = sub.add_parser("schedule", help="run the retrain flow on a cron schedule (Prefect deployment)")
-    schedule.add_argument("--cron", default="0 3 * * *", help="cron expression (default: 03:00 daily)")
+    schedule = sub.add_parser(
+        "schedule",
+        help="register the retrain deployment (cron from params.yaml schedule:) and start its worker",
+    )
+    schedule.add_argument(
+        "--run", action="store_true", help="also run the deployment once now on the worker and wait for it"
+    )
     schedule.set_defaults(func=cmd_schedule)
     evaluate = sub.add_parser(
         "evaluate", help="evaluate, gate and (on pass) promote a registered version on the current test split"
     )
-    evaluate.add_argument("version", type=int)
+    evaluate.add_argument("version", type=int, nargs="?", help="model version number (see `loraops status`)")
+    evaluate.add_argument(
+        "--version-from", metavar="FILE", help="take the version from this `loraops train --output` file"
+    )
+    evaluate.add_argument(
+        "--no-promote",
+        action="store_true",
+        help="judge and record the decision on the version, move no alias (DVC experiments)",
+    )
+    evaluate.add_argument(
+        "--metrics",
+        metavar="FILE",
+        help="write the gate's verdict and the main scores (a DVC metrics file); a refusal then exits 0",
+    )
     evaluate.set_defaults(func=cmd_evaluate)
     register = sub.add_parser(
         "register", help="register an adapter directory trained elsewhere as a new version"
@@ -607,23 +710,23 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--base-model", help="the base model it was trained on (recorded as a tag)")
     register.set_defaults(func=cmd_register)
     report = sub.add_parser("report", help="print the path of a version's HTML evaluation report")
-    report.add_argument("version", type=int)
+    report.add_argument("version", type=int, help="model version number")
     report.set_defaults(func=cmd_report)
     review = sub.add_parser("review", help="expert review of a version's answers (CSV out, verdicts in)")
     review_sub = review.add_subparsers(dest="review_command", required=True)
     review_export = review_sub.add_parser("export", help="write a CSV of sampled answers to review")
-    review_export.add_argument("version", type=int)
+    review_export.add_argument("version", type=int, help="model version whose answers are sampled")
     review_export.add_argument("-n", type=int, default=None, help="examples to sample (default: 15%%, >= 10)")
     review_export.add_argument("--out", help="CSV path (default: .loraops/reviews/MODEL-vN.csv)")
     review_export.set_defaults(func=cmd_review_export)
     review_import = review_sub.add_parser(
         "import", help="read the verdicts back, judge again, promote on pass"
     )
-    review_import.add_argument("version", type=int)
+    review_import.add_argument("version", type=int, help="model version the verdicts are for")
     review_import.add_argument("file", help="the filled-in CSV")
     review_import.set_defaults(func=cmd_review_import)
     promote = sub.add_parser("promote", help="point the champion alias at a model version (also: MLflow UI)")
-    promote.add_argument("version", type=int)
+    promote.add_argument("version", type=int, help="model version to serve under the stable name")
     promote.set_defaults(func=cmd_promote)
     rollback = sub.add_parser(
         "rollback", help="move champion back to the version it served before, and wait until it is served"

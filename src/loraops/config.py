@@ -15,6 +15,8 @@ from loraops.errors import ConfigError
 from loraops.evaluate.economics import CostParams
 from loraops.evaluate.params import EvalParams
 from loraops.gate.params import GateParams
+from loraops.loop.params import ScheduleParams
+from loraops.notify import NotifyParams
 from loraops.registry.params import RegistryParams
 from loraops.serving.params import ServingParams
 from loraops.stack.params import StackParams
@@ -54,6 +56,8 @@ class Params(BaseModel):
     cost: CostParams = Field(default_factory=CostParams)
     serving: ServingParams = Field(default_factory=ServingParams)
     stack: StackParams = Field(default_factory=StackParams)
+    schedule: ScheduleParams = Field(default_factory=ScheduleParams)
+    notify: NotifyParams = Field(default_factory=NotifyParams)
 
     @model_validator(mode="after")
     def _serving_fits_training(self) -> Params:

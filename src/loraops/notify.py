@@ -32,7 +32,7 @@ class NotifyParams(BaseModel):
         default=None,
         description="POST a JSON notice here (chat incoming webhook, alerting endpoint). Unset: no notices.",
     )
-    on: list[Event] = Field(
+    events: list[Event] = Field(
         default_factory=_default_events,
         description="Which outcomes of a retrain are sent: failed, refused, promoted, skipped.",
     )
@@ -87,6 +87,6 @@ def send(url: str, notice: Notice, *, timeout_s: float = 10.0, attempts: int = 3
 
 def notify(params: NotifyParams, notice: Notice) -> str | None:
     """Send ``notice`` when ``params`` asks for its event; None when sent or not asked for, else why not."""
-    if params.webhook_url is None or notice.event not in params.on:
+    if params.webhook_url is None or notice.event not in params.events:
         return None
     return send(params.webhook_url, notice, timeout_s=params.timeout_s, attempts=params.attempts)

@@ -210,8 +210,17 @@ class ServiceManager:
     ) -> RunningService:
         if proc is None:
             return svc
-        deadline = time.monotonic() + spec.start_timeout_s
+        started = time.monotonic()
+        deadline = started + spec.start_timeout_s
+        next_note = started + 20.0
         while time.monotonic() < deadline:
+            if time.monotonic() >= next_note:  # say what a long start is doing instead of going silent
+                self.on_event(
+                    f"waiting for {spec.name} to answer {spec.health_url} "
+                    f"({time.monotonic() - started:.0f} s of at most {spec.start_timeout_s:.0f} s; "
+                    f"log {svc.log_file})"
+                )
+                next_note += 20.0
             if proc.poll() is not None:
                 self._pid_file(spec.name).unlink(missing_ok=True)
                 raise StackError(

@@ -81,6 +81,7 @@ def apply_decision(
     passed: bool,
     urls: StackUrls,
     token: str = "",
+    timeout_s: float = 120.0,
 ) -> tuple[str | None, str | None]:
     """What a decision does: a pass moves champion (and waits until it is served) when gate.auto_promote,
     else the challenger alias; a refusal moves nothing. Returns (alias moved, served adapter path).
@@ -88,6 +89,7 @@ def apply_decision(
     if not passed:
         return None, None
     if params.gate.auto_promote:
-        return params.registry.champion_alias, promote_and_wait(registry, params, version, urls, token)
+        served = promote_and_wait(registry, params, version, urls, token, timeout_s=timeout_s)
+        return params.registry.champion_alias, served
     registry.set_alias(params.registry.challenger_alias, version.version)
     return params.registry.challenger_alias, None

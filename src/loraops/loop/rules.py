@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from loraops.data.versioning import DataVersion
+from loraops.errors import ConfigError, DataError, StackError
 from loraops.train.run import replay_sample
 
 # Version tags that say which data a version was trained on (registry lineage).
@@ -65,3 +66,76 @@ def replay_records(
     if fraction <= 0:
         return []
     return replay_sample(pool(), fraction, train_count, seed)
+
+
+_TRANSIENT_NAMES = frozenset(
+    {
+        "EndpointConnectionError",  # botocore: S3 / SageMaker endpoint unreachable
+        "ConnectTimeoutError",
+        "ReadTimeoutError",
+        "ConnectionClosedError",
+        "ConnectError",  # httpx (Prefect, openai)
+        "ReadTimeout",
+        "ConnectTimeout",
+        "RemoteProtocolError",
+        "APIConnectionError",  # openai client
+        "APITimeoutError",
+    }
+)
+_TRANSIENT_AWS_CODES = frozenset(
+    {"Throttling", "ThrottlingException", "RequestTimeout", "SlowDown", "ServiceUnavailable", "InternalError"}
+)
+
+
+def _transient_one(exc: BaseException) -> bool | None:
+    """True/False when ``exc`` alone decides, None when its cause should."""
+    if isinstance(exc, DataError | ConfigError):
+        return False  # bad data or settings: the same input fails the same way
+    if isinstance(exc, StackError):
+        return True  # a service did not answer
+    status = getattr(exc, "code", None) or getattr(getattr(exc, "response", None), "status_code", None)
+    if type(exc).__name__ == "HTTPError" and isinstance(status, int):
+        return status >= 500 or status in (408, 429)
+    if callable(getattr(exc, "get_http_status_code", None)):  # MlflowException, RestException
+        http = int(exc.get_http_status_code())  # type: ignore[attr-defined]
+        return http >= 500 or http == 429
+    if type(exc).__name__ == "ClientError":  # botocore
+        code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+        return code in _TRANSIENT_AWS_CODES
+    if type(exc).__name__ in _TRANSIENT_NAMES or isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    if type(exc).__name__ == "URLError":
+        return True
+    return None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether running the step again can help: a service that did not answer (MLflow, S3, the vLLM
+    server, the sync hook), never bad data, bad settings, a gate refusal or a failed training."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        verdict = _transient_one(current)
+        if verdict is not None:
+            return verdict
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def services_needed(mlflow: str, server: str, sync: str, *, evaluate: bool, promotes: bool) -> dict[str, str]:
+    """Health URL of every service a run uses, by name: MLflow always; the vLLM server to evaluate; the
+    alias sync hook when a pass moves the champion (the run waits until it serves the new version)."""
+    needed = {}
+    if mlflow.startswith(("http://", "https://")):
+        needed["MLflow"] = f"{mlflow.rstrip('/')}/health"
+    if evaluate:
+        needed["vLLM server"] = f"{server.rstrip('/')}/health"
+        if promotes:
+            needed["alias sync hook"] = f"{sync.rstrip('/')}/health"
+    return needed
+
+
+def unreachable(needed: Mapping[str, str], probe: Callable[[str], bool]) -> list[str]:
+    """``name (url)`` of each needed service whose health URL does not answer."""
+    return [f"{name} ({url.removesuffix('/health')})" for name, url in needed.items() if not probe(url)]
