@@ -542,6 +542,9 @@ def _notify_failure(params: Params, version: str | None = None) -> Iterator[None
         raise
 
 
+SKIP_AFTER_S = 30.0
+
+
 def retrain_limit(model_name: str) -> str:
     """The Prefect global concurrency limit that keeps one retrain per registered model at a time."""
     return f"retrain-{model_name}"
@@ -569,7 +572,9 @@ def one_retrain_at_a_time(params: Params) -> Iterator[bool]:
     name = retrain_limit(params.registry.model_name)
     _ensure_limit(name)
     wait = params.schedule.on_overlap == "wait"
-    timeout = params.schedule.wait_timeout_s if wait else 1.0
+    # skip: a slot that stays taken for SKIP_AFTER_S is another run's (acquiring a free one takes
+    # seconds on a busy host, so "at once" would skip runs that could have run)
+    timeout = params.schedule.wait_timeout_s if wait else SKIP_AFTER_S
     slot = concurrency(name, occupy=1, timeout_seconds=timeout, strict=True)
     try:
         slot.__enter__()

@@ -25,7 +25,8 @@ class ScheduleParams(BaseModel):
     on_overlap: Literal["wait", "skip"] = Field(
         "skip",
         description="A trigger while a retrain of the same model runs: wait for it (up to wait_timeout_s) "
-        "or end at once as skipped. Enforced by a Prefect global concurrency limit per model.",
+        "or end as skipped (when the slot stays taken for 30 s). Enforced by a Prefect global concurrency "
+        "limit per model, retrain-<model>.",
     )
     wait_timeout_s: float = Field(
         6 * 3600.0, gt=0, description="With on_overlap: wait, how long a run waits before it gives up."

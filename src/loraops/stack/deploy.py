@@ -79,20 +79,15 @@ def deployment_parameters(ws: Workspace) -> dict[str, Any]:
 
 
 def deploy_retrain(ws: Workspace, params: Params, prefect_api: str, prefect_ui: str) -> DeploymentInfo:
-    """Create (or update) the process work pool and the retrain deployment with the cron schedule and the
-    per-deployment concurrency of params.yaml `schedule:`; idempotent."""
-    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    """Create (or update) the process work pool and the retrain deployment with the cron schedule of
+    params.yaml `schedule:`; idempotent. One retrain per model at a time is the flow's own concurrency
+    limit (it also covers runs started outside the deployment, by `loraops retrain`)."""
     from prefect.schedules import Cron
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from loraops.flows import load_flow
 
     schedule = params.schedule
-    strategy = (
-        ConcurrencyLimitStrategy.ENQUEUE
-        if schedule.on_overlap == "wait"
-        else ConcurrencyLimitStrategy.CANCEL_NEW
-    )
     with temporary_settings({PREFECT_API_URL: prefect_api}):
         _ensure_work_pool(schedule.work_pool)
         retrain = load_flow("retrain")
@@ -104,7 +99,6 @@ def deploy_retrain(ws: Workspace, params: Params, prefect_api: str, prefect_ui: 
                     work_pool_name=schedule.work_pool,
                     schedules=[Cron(schedule.cron, timezone=schedule.timezone)] if schedule.cron else [],
                     parameters=deployment_parameters(ws),
-                    concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=strategy),
                     description=f"Retrain {params.registry.model_name} in {ws.root} (loraops).",
                     tags=["loraops", params.registry.model_name],
                     job_variables={"env": {"PYTHONUNBUFFERED": "1"}},
