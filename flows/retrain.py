@@ -439,7 +439,6 @@ class FlowSteps:
         self.ctx = ctx
         self._evaluate = evaluate
         self._promotes = promote  # False: judged and recorded, no alias moves (a DVC experiment)
-        self._report_path = ""
         schedule = ctx.params.schedule
         retry: dict[str, Any] = {
             "retries": schedule.retries,
@@ -483,9 +482,7 @@ class FlowSteps:
     def report(
         self, registered: Registered, report: EvalReport, decision: GateDecision, facts: TrainingFacts
     ) -> ReportFiles:
-        files = self._report(self.ctx, registered, report, decision, facts)
-        self._report_path = files.report
-        return files
+        return self._report(self.ctx, registered, report, decision, facts)
 
     def record(
         self,
@@ -494,8 +491,9 @@ class FlowSteps:
         decision: GateDecision,
         facts: TrainingFacts,
         prepared: PrepareResult,
+        files: ReportFiles,
     ) -> None:
-        self._record(self.ctx, registered, report, decision, facts, prepared, self._report_path)
+        self._record(self.ctx, registered, report, decision, facts, prepared, files.report)
 
     def promote(self, registered: Registered, decision: GateDecision) -> tuple[str | None, str | None]:
         if not self._promotes:

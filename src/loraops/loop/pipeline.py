@@ -131,6 +131,7 @@ class JudgeSteps(Protocol):
         decision: GateDecision,
         facts: TrainingFacts,
         prepared: PrepareResult,
+        files: ReportFiles,
     ) -> None: ...
 
     def promote(self, registered: Registered, decision: GateDecision) -> tuple[str | None, str | None]: ...
@@ -163,7 +164,7 @@ def judge(
     report = steps.evaluate(registered, prepared)
     decision = steps.gate(report, facts)
     files = steps.report(registered, report, decision, facts)
-    steps.record(registered, report, decision, facts, prepared)
+    steps.record(registered, report, decision, facts, prepared, files)
     alias, served = steps.promote(registered, decision)
     return Judgement(
         passed=decision.passed,
