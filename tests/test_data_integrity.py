@@ -32,6 +32,8 @@ from loraops.data.versioning import (
 from loraops.files import file_md5
 from loraops.workspace import Workspace
 
+pytestmark = pytest.mark.slow  # a DVC repository and remote, with many real `dvc` runs
+
 REMOTE = ".loraops/dvc-remote"
 
 

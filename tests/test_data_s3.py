@@ -22,6 +22,7 @@ from loraops.workspace import Workspace
 
 BUCKET = "loraops-data"
 pytest_plugins = ["fixtures_moto"]
+pytestmark = pytest.mark.e2e  # DVC against moto's S3 server on loopback
 
 
 def test_s3_remote_round_trip(tmp_path: Path, moto_endpoint: str, aws_env: None) -> None:

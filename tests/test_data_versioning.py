@@ -49,6 +49,7 @@ def tok(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
+@pytest.mark.slow  # many real `dvc` runs (~1.5 s of start-up each)
 def test_version_checkout_roundtrip(tmp_path: Path, tok: Path) -> None:
     ws = make_ws(tmp_path / "ws", tok)
     params = data_params(ws)
@@ -123,6 +124,7 @@ def test_version_refuses_data_not_made_by_prepare(tmp_path: Path, tok: Path) -> 
     assert snapshot(ws.root / ".dvc/cache", ws.root / ".loraops/dvc-remote", ws.root / "dvc.lock") == before
 
 
+@pytest.mark.slow  # many real `dvc` runs (~1.5 s of start-up each)
 def test_dvc_decides_when_the_prepared_data_is_stale(tmp_path: Path, tok: Path) -> None:
     """`prepare_data` prepares only when `dvc status` finds the `prepare` stage stale against dvc.lock: a
     changed raw file, data param, sequence_len or hand-edited output; not a touched file or a rerun."""
@@ -170,6 +172,7 @@ def test_dvc_decides_when_the_prepared_data_is_stale(tmp_path: Path, tok: Path) 
     assert (ws.root / "data/prepared/val.jsonl").read_text("utf-8") and stage_changes(ws, salted) == []
 
 
+@pytest.mark.slow  # many real `dvc` runs (~1.5 s of start-up each)
 def test_interrupted_push_resumes(tmp_path: Path, tok: Path) -> None:
     ws = make_ws(tmp_path / "ws", tok)
     params = data_params(ws)
@@ -224,6 +227,7 @@ def test_dvc_repro_gives_the_same_result(tmp_path: Path, tok: Path) -> None:
     assert prepare_data(ws, params, tokenizer_dir=tok, sequence_len=SEQ).unchanged
 
 
+@pytest.mark.slow  # many real `dvc` runs (~1.5 s of start-up each)
 def test_the_shipped_dvc_yaml_takes_its_paths_from_params(tmp_path: Path, tok: Path) -> None:
     """The repository's dvc.yaml names ${data.raw} and ${data.prepared_dir}: a task whose raw file is not
     the demo's versions its data as is; a stage that depends on another file is refused in one line."""

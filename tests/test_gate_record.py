@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
+
 from loraops.config import Params
 from loraops.evaluate.suite import Bootstrap, EvalReport, GeneralEvaluation, ModelAnswers, TaskEvaluation
 from loraops.gate.decision import Review, decide, gate_inputs
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
     from fixtures_mlflow import MlflowServer
 
 pytest_plugins = ["fixtures_mlflow"]
+pytestmark = pytest.mark.e2e  # a real MLflow server
 
 
 def _report(candidate_right: int, n: int = 40) -> EvalReport:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import pytest
 from cfnlint.decode import decode_str
 
 pytest_plugins = ["fixtures_moto"]
@@ -37,6 +38,7 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
+@pytest.mark.slow  # cfn-lint loads every resource schema
 def test_cfn_lint_passes_and_catches_a_broken_template(tmp_path: Path) -> None:
     ok = subprocess.run([BIN / "cfn-lint", TEMPLATE], capture_output=True, text=True, check=False)
     assert ok.returncode == 0, ok.stdout + ok.stderr
@@ -89,6 +91,7 @@ def test_the_training_role_has_least_privilege() -> None:
     )
 
 
+@pytest.mark.e2e
 def test_the_stack_deploys_on_moto(moto_endpoint: str, aws_env: None) -> None:
     cf = boto3.client("cloudformation", endpoint_url=moto_endpoint)
     cf.create_stack(
@@ -131,7 +134,7 @@ def test_the_stack_deploys_on_moto(moto_endpoint: str, aws_env: None) -> None:
     assert outputs["TrainerRepositoryUri"] == repo["repositories"][0]["repositoryUri"]
 
 
-def test_the_trainer_image_is_built_from_the_cuda_lock_and_runs_the_entry_point() -> None:
+def test_the_trainer_dockerfile_lints_copies_the_cuda_lock_and_names_the_entry_point() -> None:
     lint = subprocess.run([BIN / "hadolint", DOCKERFILE], capture_output=True, text=True, check=False)
     assert lint.returncode == 0, lint.stdout + lint.stderr
     text = DOCKERFILE.read_text()

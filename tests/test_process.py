@@ -20,6 +20,7 @@ def _http_server_spec(port: int) -> ServiceSpec:
     )
 
 
+@pytest.mark.e2e  # real processes and ports
 def test_start_is_idempotent_and_stop_kills_the_group(tmp_path: Path):
     manager = ServiceManager(tmp_path)
     port = free_port()
@@ -36,6 +37,7 @@ def test_start_is_idempotent_and_stop_kills_the_group(tmp_path: Path):
     assert not manager.stop("web")
 
 
+@pytest.mark.e2e  # real processes and ports
 def test_a_service_running_with_other_settings_is_restarted(tmp_path: Path):
     # e.g. vLLM still serving the previous base model after params.yaml changed
     manager = ServiceManager(tmp_path)
@@ -52,6 +54,7 @@ def test_a_service_running_with_other_settings_is_restarted(tmp_path: Path):
     assert port_is_free(port)
 
 
+@pytest.mark.e2e  # real processes and ports
 def test_the_callers_environment_is_not_a_reason_to_restart(tmp_path: Path, monkeypatch):
     events: list[str] = []
     manager = ServiceManager(tmp_path, on_event=events.append)
@@ -72,6 +75,7 @@ def test_the_callers_environment_is_not_a_reason_to_restart(tmp_path: Path, monk
         manager.stop("web")
 
 
+@pytest.mark.e2e  # real processes and ports
 def test_busy_port_gives_a_clear_error_naming_the_key(tmp_path: Path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -82,6 +86,7 @@ def test_busy_port_gives_a_clear_error_naming_the_key(tmp_path: Path):
     assert not (tmp_path / "pids" / "web.json").exists()
 
 
+@pytest.mark.e2e  # real processes and ports
 def test_a_service_that_dies_at_start_is_reported_with_its_log(tmp_path: Path):
     spec = ServiceSpec(
         name="broken",

@@ -162,6 +162,7 @@ def test_params_refuse_bad_values() -> None:
         sm_params(s3_prefix="bucket/prefix")
 
 
+@pytest.mark.e2e  # moto's server on loopback
 def test_create_training_job_in_moto_records_the_request(tmp_path: Path, clients: AwsClients) -> None:
     job = make_job(tmp_path)
     remote = RemoteParams(name="s3", url=f"s3://{BUCKET}/dvc", endpoint_url=clients.s3.meta.endpoint_url)
@@ -198,6 +199,7 @@ def test_create_training_job_in_moto_records_the_request(tmp_path: Path, clients
     assert clients.s3.head_object(Bucket=BUCKET, Key=marker)["LastModified"] == uploaded
 
 
+@pytest.mark.e2e  # moto's server on loopback
 def test_the_data_must_be_in_the_dvc_s3_remote(tmp_path: Path, clients: AwsClients) -> None:
     job = make_job(tmp_path)
     endpoint = clients.s3.meta.endpoint_url
@@ -238,6 +240,7 @@ def _stubbed(clients: AwsClients) -> tuple[Any, Stubber]:
     return sagemaker, Stubber(sagemaker)
 
 
+@pytest.mark.e2e  # moto's server on loopback
 def test_wait_streams_the_log_backs_off_and_reports_a_failure_in_one_line(
     tmp_path: Path, clients: AwsClients
 ) -> None:
@@ -285,6 +288,7 @@ def test_wait_streams_the_log_backs_off_and_reports_a_failure_in_one_line(
     )
 
 
+@pytest.mark.e2e  # moto's server on loopback
 def test_a_cancelled_wait_stops_the_job_and_waits_until_it_stopped(
     tmp_path: Path, clients: AwsClients
 ) -> None:
@@ -317,6 +321,7 @@ def test_a_cancelled_wait_stops_the_job_and_waits_until_it_stopped(
     assert lines[-1] == "[loraops] SageMaker job job-1 is Stopped"
 
 
+@pytest.mark.e2e  # moto's server on loopback
 def test_transient_poll_errors_are_retried_without_stopping_the_job(
     tmp_path: Path, clients: AwsClients
 ) -> None:
@@ -336,6 +341,7 @@ def test_transient_poll_errors_are_retried_without_stopping_the_job(
     assert any("polling job-1 failed" in line and "ThrottlingException" in line for line in lines)
 
 
+@pytest.mark.e2e  # moto's server on loopback
 def test_an_error_of_the_flow_itself_stops_the_job_too(tmp_path: Path, clients: AwsClients) -> None:
     sagemaker, stub = _stubbed(clients)
     job = {"TrainingJobName": "job-1"}
@@ -370,6 +376,7 @@ def test_spot_cost_uses_billable_time_and_reports_the_saving() -> None:
     assert "70% saved by spot" in cost.summary()
 
 
+@pytest.mark.e2e  # moto's server on loopback
 def test_a_pickled_adapter_from_the_job_is_refused(tmp_path: Path, clients: AwsClients) -> None:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:

@@ -734,6 +734,7 @@ def _wait(check, timeout: float = 60.0) -> float:
     raise AssertionError(f"not within {timeout} s")
 
 
+@pytest.mark.e2e
 def test_the_router_spreads_requests_and_every_replica_serves_the_champion(hooked: Hooked, tiny_model):
     _, (a, b) = tiny_model
     v1, v2 = _register(hooked, a, "a"), _register(hooked, b, "b")
@@ -758,13 +759,13 @@ def test_the_router_spreads_requests_and_every_replica_serves_the_champion(hooke
     _wait(lambda: all(f"{MODEL}-v{v1}" not in r.adapters() for r in hooked.replicas), timeout=30)
 
 
-def test_a_restarted_replica_is_back_on_the_champion_within_seconds(hooked: Hooked):
-    champion = hooked.registry.champion()
-    assert champion is not None
+@pytest.mark.e2e
+def test_a_restarted_replica_is_back_on_the_champion_by_itself(hooked: Hooked, tiny_model):
+    _, (a, _) = tiny_model
+    version = _register(hooked, a, "restart")
+    hooked.registry.set_champion(version)
+    _wait(lambda: all(r.adapters().get(MODEL, "").endswith(f"/v{version}") for r in hooked.replicas))
     hooked.manager.stop("vllm-1")
-    hooked.manager.start(hooked.specs[1])  # back with no adapters at all
-    healthy = time.monotonic()
-    _wait(lambda: hooked.replicas[1].adapters().get(MODEL, "").endswith(f"/v{champion.version}"), timeout=30)
-    lag = time.monotonic() - healthy
-    assert lag < 10, f"the hook took {lag:.1f} s to restore the champion on the restarted replica"
+    hooked.manager.start(hooked.specs[1])  # back with no adapters at all; nobody calls the hook
+    _wait(lambda: hooked.replicas[1].adapters().get(MODEL, "").endswith(f"/v{version}"), timeout=120)
     assert hooked.sync.status()["in_sync"]

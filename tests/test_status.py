@@ -76,6 +76,7 @@ def test_new_data_and_unknown_sources_are_said_plainly():
     assert "== next scheduled run: none scheduled (`loraops schedule`)" in lines
 
 
+@pytest.mark.e2e
 def test_the_command_reads_the_registry_and_says_what_is_down(
     mlflow_server: MlflowServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ):

@@ -25,6 +25,7 @@ from pathlib import Path
 from loraops.errors import StackError
 
 logger = logging.getLogger(__name__)
+FORBID_SERVICES_ENV = "LORAOPS_FORBID_SERVICES"  # set by `make test-fast`'s guard (tests/conftest.py)
 
 
 def connect_host(host: str) -> str:
@@ -180,6 +181,8 @@ class ServiceManager:
             self.stop(spec.name)
         if not port_is_free(spec.port):
             self._raise_port_in_use(spec)
+        if os.environ.get(FORBID_SERVICES_ENV):  # the test suite's fast tests: no service may start
+            raise StackError(f"{spec.name} may not start here ({os.environ[FORBID_SERVICES_ENV]})")
         self.pid_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_file = self.log_dir / f"{spec.name}.log"

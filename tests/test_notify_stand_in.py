@@ -1,4 +1,5 @@
-"""Notices of unattended runs, delivered to a real local HTTP receiver."""
+"""Notices of unattended runs, delivered to a **stand-in for a chat webhook**: a local HTTP receiver that
+answers the statuses a test asks for and keeps what it was sent."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from loraops.notify import Notice, NotifyParams, notify, send
+
+pytestmark = pytest.mark.stand_in
 
 
 class Receiver:
