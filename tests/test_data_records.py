@@ -123,7 +123,7 @@ def test_keystore_pairs_point_to_first_occurrence(tmp_path: Path) -> None:
     ks.add(2, 20, 200, 1)
     found = ks.analyse()
     assert found.exact_pairs == [(5, 2)]
-    assert found.near_pairs == [(9, 2)] or found.near_pairs == [(9, 5)]
+    assert found.near_pairs == [(9, 2)]
     assert found.contradictions == [[2, 5, 7, 9]]
     assert found.contradicting_examples == 4 and found.contradiction_groups == 1
 

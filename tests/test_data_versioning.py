@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -135,9 +134,7 @@ def test_dvc_decides_when_the_prepared_data_is_stale(tmp_path: Path, tok: Path) 
     first = prepare_data(ws, params, tokenizer_dir=tok, sequence_len=SEQ)
     assert not first.unchanged and stage_changes(ws, params) == []
     before = snapshot(ws.root / "data", ws.root / "dvc.lock")
-    started = time.perf_counter()
-    again = prepare_data(ws, params, tokenizer_dir=tok, sequence_len=SEQ)
-    assert time.perf_counter() - started < 10  # one `dvc status`, no preparing
+    again = prepare_data(ws, params, tokenizer_dir=tok, sequence_len=SEQ)  # one `dvc status`, no preparing
     assert again.unchanged and again.summary().startswith("unchanged: ")
     assert (again.format, again.counts, again.dropped, again.files, again.review_examples) == (
         first.format,

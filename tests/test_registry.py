@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import stat
-import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -91,12 +90,11 @@ def test_fernet_key_is_accepted_by_cryptography(tmp_path: Path):
     assert Fernet(key.encode()).decrypt(Fernet(key.encode()).encrypt(b"secret")) == b"secret"
 
 
+@pytest.mark.timeout(30)  # MLflow's own client retries for minutes: the check before it must not
 def test_unreachable_server_fails_fast_with_a_hint():
     registry = Registry(f"http://127.0.0.1:{free_port()}", RegistryParams())
-    started = time.monotonic()
     with pytest.raises(StackError, match="not reachable") as err:
         registry.champion()
-    assert time.monotonic() - started < 10
     assert err.value.hint and "loraops up" in err.value.hint
 
 
