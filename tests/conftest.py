@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -190,13 +189,6 @@ def registered_version(output: str) -> str:
     found = re.search(r"registered \S+ version (\d+)", output)
     assert found is not None, output[-3000:]
     return found.group(1)
-
-
-@pytest.fixture
-def workspace(tmp_path: Path) -> Iterator[Path]:
-    ws = make_workspace(tmp_path / "ws")
-    yield ws
-    run_cli(ws, "down", timeout=120)
 
 
 @pytest.fixture(scope="session")
