@@ -54,8 +54,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         limit = next((t for m, t in TIMEOUTS.items() if item.get_closest_marker(m)), UNMARKED_TIMEOUT)
         item.add_marker(pytest.mark.timeout(limit))
-    # The tests that need the built base model go last: it is built in the background meanwhile.
-    items.sort(key=lambda item: item.get_closest_marker("base_model") is not None)
+    # The tests that need the built base model go after the others: it is built in the background
+    # meanwhile. Those that need the session's demo stack go last: the demo runs in the background too
+    # (tests/fixtures_stack.py), beside the base-model tests that need no stack of its.
+    items.sort(key=_phase)
+
+
+def _phase(item: pytest.Item) -> int:
+    """0: needs no built model; 1: needs the built model; 2: needs the session's demo stack."""
+    if "demo_stack" in getattr(item, "fixturenames", ()):
+        return 2
+    return 1 if item.get_closest_marker("base_model") is not None else 0
 
 
 # The base model build is one thread for minutes (basemodel/build.py): on 2 cores it runs beside the
