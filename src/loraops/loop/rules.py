@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from loraops.basemodel.gguf import is_gguf_source
 from loraops.data.versioning import DataVersion
 from loraops.errors import ConfigError, DataError, StackError
 from loraops.train.run import replay_sample
@@ -30,9 +31,15 @@ def lineage_tags(
         **data_version.as_tags(),
         "git_commit": workspace_commit or "unknown",
         "code_commit": code_commit or "unknown",
-        "base_model": base_model_source if base_model_source != "build" else base_model_path,
+        # the built or converted model's directory is named by its content hash; a hub id or path as given
+        "base_model": base_model_path if local_model(base_model_source) else base_model_source,
         "base_model_name": base_model_name,
     }
+
+
+def local_model(source: str) -> bool:
+    """Whether loraops makes the base model itself (built, or converted from GGUF) into its cache."""
+    return source == "build" or is_gguf_source(source)
 
 
 def trained_on(tags: Mapping[str, str]) -> str | None:

