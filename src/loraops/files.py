@@ -15,7 +15,15 @@ from loraops.errors import StackError
 
 def file_md5(path: Path) -> str:
     """MD5 of a file's content, read in 4 MiB chunks (DVC names its objects by it)."""
-    digest = hashlib.md5(usedforsecurity=False)
+    return _file_digest(path, hashlib.md5(usedforsecurity=False))
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's content, read in 4 MiB chunks (how model files are named and checked)."""
+    return _file_digest(path, hashlib.sha256())
+
+
+def _file_digest(path: Path, digest: hashlib._Hash) -> str:
     with path.open("rb") as fh:
         while chunk := fh.read(1 << 22):
             digest.update(chunk)

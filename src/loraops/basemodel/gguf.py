@@ -34,7 +34,7 @@ from pathlib import Path
 
 from loraops.envs import PythonEnv, require, run_streaming, trainer_env
 from loraops.errors import ConfigError
-from loraops.files import publish_dir
+from loraops.files import file_sha256, publish_dir
 from loraops.locks import file_lock
 
 PYPI_PREFIX = "pypi:"
@@ -65,11 +65,7 @@ class GgufFile:
 
     @classmethod
     def of(cls, path: Path) -> GgufFile:
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        return cls(path, digest.hexdigest())
+        return cls(path, file_sha256(path))
 
 
 def converted_dir(models_dir: Path, gguf: GgufFile, dtype: str) -> Path:
