@@ -128,6 +128,8 @@ def test_smollm2_from_its_wheel_is_converted_once_with_its_tokenizer_and_chat_te
     assert "quantization_config" not in config  # Axolotl 0.19 fails on a null one
     tokenizer = json.loads((path / "tokenizer_config.json").read_text())
     assert "<|im_start|>" in (tokenizer.get("chat_template") or (path / "chat_template.jinja").read_text())
+    # the turn ends with <|im_end|> (id 2, as the GGUF declares): what an adapter must learn to emit
+    assert tokenizer["eos_token"] == "<|im_end|>" and report["eos_token"] == "<|im_end|>", tokenizer
     assert (path / "model.safetensors").stat().st_size > 500e6  # float32 weights, dequantized
     # a second resolve finds it by content hash and converts nothing
     again: list[str] = []
