@@ -52,6 +52,8 @@ from loraops.data.prepare import PrepareResult
 from loraops.data.versioning import DataVersion, prepare_data, version_data
 from loraops.envs import repo_root
 from loraops.errors import ConfigError, StackError
+from loraops.evaluate.comparison import approaches, decision_table
+from loraops.evaluate.comparison import summary as comparison_summary
 from loraops.evaluate.economics import break_even
 from loraops.evaluate.procedure import (
     canary_from_evaluation,
@@ -90,6 +92,7 @@ from loraops.serving.policy import CANARY_TAG
 from loraops.stack.local import serving_credentials, stack_urls, vllm_client
 from loraops.train.preflight import check_training
 from loraops.train.run import launcher_for, train_adapter
+from loraops.train.self_replay import base_answers_replay
 from loraops.train.settings import effective_sequence_len, effective_settings
 from loraops.vcs import git_commit
 from loraops.workspace import Workspace
@@ -195,6 +198,23 @@ def champion_task(ctx: Context) -> Champion | None:
     return found.version, dict(found.tags)
 
 
+def _self_replay(ctx: Context, count: int) -> list[dict[str, Any]]:
+    """The served base model's own answers to general instructions (train/self_replay.py)."""
+    urls, server = stack_urls(ctx.params), vllm_client(ctx.ws, ctx.params)
+    client = CompletionClient(
+        urls.replica, concurrency=ctx.params.evaluate.concurrency, api_key=server.api_key
+    )
+    base_name = ctx.params.base_model.name()
+    get_run_logger().info("replay: asking %s for its own answers to general instructions", base_name)
+    return base_answers_replay(
+        lambda chats, max_tokens: client.complete_many(base_name, chats, max_tokens),
+        count=count,
+        base_model=ctx.base_model,
+        cache_dir=ctx.ws.cache / "replay",
+        seed=ctx.params.train.seed,
+    )
+
+
 @task(name="train-adapter", cache_key_fn=_training_key, persist_result=True)
 def train_task(ctx: Context, prepared: PrepareResult, data: DataVersion) -> Trained:
     """Train on one MLflow run (params, per-step metrics, adapter, config, logs logged to it)."""
@@ -203,14 +223,16 @@ def train_task(ctx: Context, prepared: PrepareResult, data: DataVersion) -> Trai
     run_dir = ws.runs / time.strftime("%Y%m%d-%H%M%S")
     lineage = _lineage(ctx, data)
     replay_file = params.train.replay_file
-    replay = replay_records(
-        params.train.replay_fraction,
-        prepared.counts.get("train", 0),
-        params.train.seed,
-        pool=lambda: (
-            read_jsonl(ws.root / replay_file) if replay_file else training_corpus(params.base_model.recipe)
-        ),
-    )
+    train_count = prepared.counts.get("train", 0)
+
+    def replay_pool() -> list[dict[str, Any]]:
+        if replay_file:
+            return read_jsonl(ws.root / replay_file)
+        if params.base_model.source == "build":
+            return training_corpus(params.base_model.recipe)
+        return _self_replay(ctx, round(params.train.replay_fraction * train_count))
+
+    replay = replay_records(params.train.replay_fraction, train_count, params.train.seed, pool=replay_pool)
     if replay:
         logger.info("replaying %d general examples against forgetting", len(replay))
     launcher = launcher_for(
@@ -357,12 +379,16 @@ def report_task(
             rag_tokens=report.task.runs["rag"].mean_tokens(),
             prices=ctx.params.cost,
         )
+    measured = approaches(report, ctx.params.cost)
+    verdicts = decision_table(report, ctx.params.cost, economics)
     out_dir = ctx.ws.runs / f"evaluation-v{registered.version}-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir.mkdir(parents=True, exist_ok=True)
     evaluation = {
         "report": report.to_json(),
         "gate": decision.to_json(),
         "economics": economics.to_json() if economics else None,
+        "approaches": [a.to_json() for a in measured],
+        "decision_table": [vars(v) for v in verdicts],
         "history": facts.history,
     }
     (out_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=1, default=str))
@@ -377,12 +403,25 @@ def report_task(
         economics=economics,
         links={"run": registered.run_url, "version": registered.version_url},
         train_summary=facts.summary,
+        approaches=measured,
+        verdicts=verdicts,
+        concurrency=ctx.params.evaluate.concurrency,
     )
     path = write_report(html, out_dir / "report.html")
     run.log_artifacts(out_dir, "evaluation")
+    run.log_metrics(
+        {
+            f"{a.role}.latency_{q}_s": value
+            for a in measured
+            for q, value in (("p50", a.latency_p50_s), ("p95", a.latency_p95_s))
+            if value == value  # not nan
+        }
+    )
     if economics is not None:
         run.log_metrics({"economics.break_even_days": min(economics.days, 1e9)})
         get_run_logger().info("cost: %s", economics.statement())
+    if verdicts:
+        get_run_logger().info("fine-tune vs RAG: %s", comparison_summary(verdicts))
     get_run_logger().info("report: %s", path)
     return ReportFiles(str(path), economics.statement() if economics else None)
 

@@ -31,6 +31,10 @@ os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 # The base model is content-addressed by its recipe, so tests share the repo's cache with `make demo`:
 # built once per checkout, not once per test session.
 SHARED_CACHE = ROOT / ".loraops" / "cache"
+# The loop on the tiny model the project builds: what the test workspaces start from.
+TINY_PARAMS = ROOT / "params.yaml"
+# The same loop on a real pretrained model, SmolLM2-135M-Instruct (issue 16: the demo's next default).
+SMOLLM2_PARAMS = ROOT / "examples" / "smollm2" / "params.yaml"
 
 # Default timeout per marker, in seconds (the first marker found wins; a test may set its own
 # @pytest.mark.timeout). e2e covers a session stack's start on a fresh clone: the base model is built
@@ -161,11 +165,12 @@ def _git(cwd: Path, *args: str) -> None:
 
 
 def make_workspace(dest: Path, overrides: dict | None = None) -> Path:
-    """A fresh loraops project: params.yaml (free ports), dvc.yaml, presets; a git repo with one commit."""
+    """A fresh loraops project on the tiny model: params.yaml (free ports), dvc.yaml, presets; a git repo
+    with one commit."""
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copytree(ROOT / "axolotl_configs", dest / "axolotl_configs")
     shutil.copy2(ROOT / "dvc.yaml", dest / "dvc.yaml")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(TINY_PARAMS.read_text())
     params["serving"]["port"] = free_port()
     params["stack"].update(
         mlflow_port=free_port(), prefect_port=free_port(), sync_port=free_port(), worker_port=free_port()

@@ -12,11 +12,16 @@ what a trustworthy gate must let through. Both error rates must be at most 5%.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, SMOLLM2_PARAMS, TINY_PARAMS
 from loraops.config import load_params
+from loraops.evaluate.instruct_suite import GROUP as INSTRUCT
+from loraops.evaluate.instruct_suite import SHIPPED as INSTRUCT_DIR
+from loraops.evaluate.instruct_suite import SKILLS
 from loraops.evaluate.stats import paired_difference
 from loraops.gate.params import GateParams
 
@@ -51,9 +56,15 @@ def gate() -> GateParams:
 TEST_EXAMPLES = 67  # the demo's test split (800 generated tickets, 10% test, duplicates removed)
 
 
-@pytest.fixture(scope="module")
-def general_per_task() -> int:
-    return load_params(ROOT / "params.yaml").evaluate.general_per_skill
+def _suite_sizes(params_file: Path) -> list[int]:
+    """Examples per general task: the shipped instruct suite's files, or the built model's per-skill size."""
+    params = load_params(params_file)
+    if params.evaluate.forgetting.tasks == [INSTRUCT]:
+        return [len((INSTRUCT_DIR / "data" / f"{s}.jsonl").read_text().splitlines()) for s in SKILLS]
+    return [params.evaluate.general_per_skill] * 5
+
+
+SUITES = {"SmolLM2 (loraops_instruct)": SMOLLM2_PARAMS, "tiny (loraops_general)": TINY_PARAMS}
 
 
 def test_non_inferiority_to_the_champion(gate: GateParams) -> None:
@@ -82,13 +93,30 @@ def test_improvement_over_the_base_model(gate: GateParams) -> None:
     assert false_fail <= 0.05, false_fail
 
 
-def test_forgetting_of_one_general_task(gate: GateParams, general_per_task: int) -> None:
+@pytest.mark.parametrize("params_file", SUITES.values(), ids=SUITES.keys())
+def test_forgetting_of_one_general_task(gate: GateParams, params_file: Path) -> None:
     limit = gate.max_skill_drop
+    n = min(_suite_sizes(params_file))
 
     def check(e):  # drop = base - candidate; the check passes when its upper bound is within the limit
         return e.high <= limit
 
-    false_pass = _rate(check, n=general_per_task, p_a=1.0, p_b=1.0 - limit, rho=0.9, seed=5)
-    false_fail = 1 - _rate(check, n=general_per_task, p_a=1.0, p_b=0.98, rho=0.9, seed=6)
+    false_pass = _rate(check, n=n, p_a=1.0, p_b=1.0 - limit, rho=0.9, seed=5)
+    false_fail = 1 - _rate(check, n=n, p_a=1.0, p_b=0.98, rho=0.9, seed=6)
+    assert false_pass <= 0.05, false_pass
+    assert false_fail <= 0.05, false_fail
+
+
+@pytest.mark.parametrize("params_file", SUITES.values(), ids=SUITES.keys())
+def test_mean_forgetting_over_the_whole_suite(gate: GateParams, params_file: Path) -> None:
+    """The overall drop is judged on every general example pooled (GeneralEvaluation.drop)."""
+    limit = gate.max_mean_drop
+    n = sum(_suite_sizes(params_file))
+
+    def check(e):
+        return e.high <= limit
+
+    false_pass = _rate(check, n=n, p_a=1.0, p_b=1.0 - limit, rho=0.9, seed=7)
+    false_fail = 1 - _rate(check, n=n, p_a=1.0, p_b=0.99, rho=0.9, seed=8)
     assert false_pass <= 0.05, false_pass
     assert false_fail <= 0.05, false_fail

@@ -6,8 +6,10 @@ from pydantic import ValidationError
 
 from loraops.config import load_params
 from loraops.errors import ConfigError
+from loraops.train.job import replay_format
 from loraops.train.params import TrainParams
 from loraops.train.render import load_preset, parse_metrics_line, render_axolotl_config
+from loraops.train.run import write_replay
 from loraops.train.settings import effective_sequence_len, resolve_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,6 +109,17 @@ def test_chat_data_renders_the_tokenizers_chat_template_and_replay_stays_alpaca(
     assert train["field_messages"] == "messages" and train["roles_to_train"] == ["assistant"]
     assert replay == {"path": "/d/replay.jsonl", "ds_type": "json", "type": "alpaca"}
     assert cfg["test_datasets"][0]["type"] == "chat_template"
+
+
+def test_a_real_models_own_answers_are_replayed_in_its_chat_template(tmp_path: Path):
+    chats = [{"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]}]
+    replay = write_replay(chats, tmp_path / "replay.jsonl")
+    assert replay_format(replay) == "chat"
+    assert (
+        replay_format(write_replay([{"instruction": "i", "output": "o"}], tmp_path / "a.jsonl")) == "alpaca"
+    )
+    cfg = _render(TrainParams(), data_format="chat", replay_file=replay, replay_format=replay_format(replay))
+    assert cfg["datasets"][1]["type"] == "chat_template" and cfg["datasets"][1]["path"] == str(replay)
 
 
 def test_runs_checkpoint_resume_save_safetensors_only_and_seed_the_adapter():

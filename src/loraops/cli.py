@@ -94,7 +94,8 @@ def _ensure_demo_data(ws: Workspace, params: Any) -> None:
     if raw.exists():
         return
     if params.data.raw == DataParams().raw:
-        write_demo_dataset(raw, data_format="chat" if params.data.format == "chat" else "alpaca")
+        chat = params.data.format == "chat"
+        write_demo_dataset(raw, n=params.data.demo_tickets, data_format="chat" if chat else "alpaca")
         say(f"generated the demo dataset {raw.relative_to(ws.root)}")
         return
     raise DataError(f"{raw}: data file not found", hint="fix data.raw in params.yaml or create the file")

@@ -94,15 +94,6 @@ class Params(BaseModel):
                 "stack.sync_url uses another workspace's serving stack: set serving.admin_token_file (and "
                 "serving.api_key_file) to that stack's .loraops/vllm-admin.token and .loraops/vllm-api.key"
             )
-        if (
-            self.base_model.source != "build"
-            and self.train.replay_fraction > 0
-            and not self.train.replay_file
-        ):
-            raise ValueError(
-                "train.replay_fraction > 0 with a base model other than 'build' needs train.replay_file "
-                "(alpaca JSONL of general examples for that model); or set train.replay_fraction: 0"
-            )
         return self
 
 

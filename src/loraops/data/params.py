@@ -133,6 +133,11 @@ class DataParams(BaseModel):
     raw: str = Field(
         default="data/raw/tickets.jsonl", description="Raw JSONL dataset, relative to the workspace."
     )
+    demo_tickets: int = Field(
+        default=800,
+        ge=20,
+        description="Tickets in the generated demo dataset (made when `raw` is the default and missing).",
+    )
     prepared_dir: str = Field(
         default="data/prepared",
         description="Where train/val/test.jsonl and the reports are written (DVC-tracked).",

@@ -41,13 +41,19 @@ class BreakEven:
     def saving_per_day_usd(self) -> float:
         return (self.rag_per_1k_usd - self.adapter_per_1k_usd) / 1000 * self.requests_per_day
 
+    def payback(self) -> str:
+        """When the training cost is recovered: "at once", "after 3.2 hours", or "never"."""
+        if math.isinf(self.days):
+            return "never"
+        return "at once" if self.days == 0 else f"after {_duration(self.days)}"
+
     def statement(self) -> str:
         """The break-even in one sentence, as the report states it."""
         adapter, rag = f"${self.adapter_per_1k_usd:.4f}", f"${self.rag_per_1k_usd:.4f}"
         prices = f"the adapter costs {adapter} per 1k requests, RAG {rag}"
         if math.isinf(self.days):
             return f"{prices}: no inference saving, so cheaper requests never recover the training cost"
-        when = "at once" if self.days == 0 else f"after {_duration(self.days)}"
+        when = self.payback()
         tokens = f"{self.rag_prompt_tokens:.0f} vs {self.adapter_prompt_tokens:.0f} prompt tokens"
         saving = f"${self.saving_per_day_usd:.2f}/day at {self.requests_per_day:,} requests/day"
         training = f"${self.training_usd:.2f}" if self.training_usd >= 1 else f"${self.training_usd:.4f}"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -27,6 +27,7 @@ from loraops.errors import StageError
 from loraops.prompts import alpaca_prompt
 
 GROUP = "loraops_general"
+Api = Literal["completions", "chat"]
 SHIPPED_TASKS = Path(__file__).parent / "lm_eval_tasks"
 # The metric lm-eval reports per sample for each kind of task (first found wins).
 SAMPLE_METRICS = ("exact_match", "acc_norm", "acc")
@@ -107,20 +108,26 @@ def run_lm_eval(
     limit: int | None = None,
     concurrency: int = 8,
     api_key: str | None = None,
+    api: Api = "completions",
     on_line: Callable[[str], None] | None = None,
 ) -> dict[str, list[float]]:
     """Evaluate one served model on ``tasks`` with lm-eval; per task, each example's score.
 
-    ``api_key`` is the server's (lm-eval's local-completions sends ``OPENAI_API_KEY`` as bearer token)."""
+    ``completions_url`` is the server's ``/v1/completions``. ``api="chat"`` asks through
+    ``/v1/chat/completions`` instead, each question as a user turn that the server wraps in the model's
+    chat template (how an instruct model is used). ``api_key`` is the server's (lm-eval sends
+    ``OPENAI_API_KEY`` as bearer token)."""
     trainer = require(trainer_env())
+    chat_url = completions_url.removesuffix("/completions") + "/chat/completions"
+    url = chat_url if api == "chat" else completions_url
     model_args = [
         f"model={model}",
-        f"base_url={completions_url}",
+        f"base_url={url}",
         f"num_concurrent={concurrency}",
         "max_retries=3",
         "tokenized_requests=False",
     ]
-    if tokenizer:
+    if tokenizer and api == "completions":
         model_args += ["tokenizer_backend=huggingface", f"tokenizer={tokenizer}"]
     cmd: list[str | Path] = [
         trainer.python,
@@ -128,7 +135,7 @@ def run_lm_eval(
         "lm_eval",
         "run",
         "--model",
-        "local-completions",
+        "local-chat-completions" if api == "chat" else "local-completions",
         "--model_args",
         ",".join(model_args),
         "--tasks",
@@ -137,6 +144,8 @@ def run_lm_eval(
         out_dir,
         "--log_samples",
     ]
+    if api == "chat":
+        cmd.append("--apply_chat_template")
     if include_path is not None:
         cmd += ["--include_path", include_path]
     if limit is not None:

@@ -37,10 +37,20 @@ class ForgettingParams(BaseModel):
     tasks: list[str] | None = Field(
         None,
         description="lm-eval tasks or groups. Unset with the built base model: its general suite "
-        "(loraops_general). For a real model, e.g. [arc_easy, hellaswag] (datasets in the local HF cache).",
+        "(loraops_general). For a real instruct model offline: [loraops_instruct] (shipped, selected with "
+        "SmolLM2-135M-Instruct; evaluate/instruct_suite.py builds it for another model). With internet, "
+        "standard tasks, e.g. [arc_easy, hellaswag].",
     )
     limit: int | None = Field(None, ge=1, description="Examples per task (lm-eval --limit); unset: all.")
-    include_path: str | None = Field(None, description="A directory of your own lm-eval task YAMLs.")
+    include_path: str | None = Field(
+        None,
+        description="A directory of your own lm-eval task YAMLs (unset for a group loraops ships).",
+    )
+    api: Literal["completions", "chat"] = Field(
+        "completions",
+        description="completions: prompts as the tasks write them (lm-eval's local-completions). chat: "
+        "each question as a user turn through /v1/chat/completions, in the model's chat template.",
+    )
 
 
 class EvalParams(BaseModel):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loraops.errors import ConfigError
-from loraops.evaluate.harness import GROUP, run_lm_eval, write_general_tasks
+from loraops.evaluate.harness import GROUP, SHIPPED_TASKS, run_lm_eval, write_general_tasks
 from loraops.evaluate.metrics import FormatCheck
 from loraops.evaluate.params import EvalParams
 from loraops.evaluate.suite import (
@@ -57,13 +57,16 @@ def general_tasks(params: Params, base_is_built: bool, work_dir: Path) -> tuple[
     """The lm-eval tasks of the forgetting check, and the directory of their YAMLs when they are ours."""
     forgetting = params.evaluate.forgetting
     if forgetting.tasks:
-        include = Path(forgetting.include_path).resolve() if forgetting.include_path else None
-        return list(forgetting.tasks), include
+        if forgetting.include_path:
+            return list(forgetting.tasks), Path(forgetting.include_path).resolve()
+        shipped = [SHIPPED_TASKS / t for t in forgetting.tasks if (SHIPPED_TASKS / t).is_dir()]
+        return list(forgetting.tasks), shipped[0] if shipped else None
     if not base_is_built:
         raise ConfigError(
             "evaluate.forgetting.tasks is not set, and the general suite of the built model does not apply "
             f"to {params.base_model.source}",
-            hint="set evaluate.forgetting.tasks, e.g. [arc_easy, hellaswag] with limit: 200",
+            hint="set evaluate.forgetting.tasks: [loraops_instruct] with api: chat for an instruct model "
+            "offline, or standard lm-eval tasks (e.g. [arc_easy, hellaswag], limit: 200) with internet",
         )
     from loraops.basemodel.skills import general_suite
 
@@ -138,7 +141,8 @@ def evaluate_version(
         )
         general: dict[str, dict[str, list[float]]] = {}
         # The base model's general scores change only with the base model and the tasks: measured once.
-        base_key = cache_key(base_model, tasks, include, params.evaluate.forgetting.limit)
+        forgetting = params.evaluate.forgetting
+        base_key = cache_key(base_model, [*tasks, f"api={forgetting.api}"], include, forgetting.limit)
         cached = cache_dir / f"base-{base_key}.json" if cache_dir is not None else None
         if cached is not None and cached.is_file():
             general["base"] = json.loads(cached.read_text("utf-8"))
@@ -156,9 +160,10 @@ def evaluate_version(
                 out_dir=work_dir / "lm_eval" / role,
                 include_path=include,
                 tokenizer=tokenizer,
-                limit=params.evaluate.forgetting.limit,
+                limit=forgetting.limit,
                 concurrency=params.evaluate.concurrency,
                 api_key=server.api_key,
+                api=forgetting.api,
             )
         if cached is not None and not cached.is_file():
             cached.parent.mkdir(parents=True, exist_ok=True)

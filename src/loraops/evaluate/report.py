@@ -16,6 +16,7 @@ from typing import Any
 
 import jinja2
 
+from loraops.evaluate.comparison import Approach, Verdict
 from loraops.evaluate.economics import BreakEven
 from loraops.evaluate.suite import EvalReport
 
@@ -152,6 +153,9 @@ def render_report(
     economics: BreakEven | None,
     links: dict[str, str],
     train_summary: dict[str, Any],
+    approaches: list[Approach] | None = None,
+    verdicts: list[Verdict] | None = None,
+    concurrency: int = 8,
 ) -> str:
     """The HTML page (self-contained: plots inline as PNG)."""
     rows = []
@@ -199,6 +203,9 @@ def render_report(
             samples=samples,
             roles=report.roles,
             economics=economics,
+            approaches=approaches or [],
+            verdicts=verdicts or [],
+            concurrency=concurrency,
             links=links,
             train=train_summary,
             plots={

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+import time
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -34,6 +35,7 @@ class Completion:
     text: str
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    latency_s: float = 0.0  # request sent to answer received, on the server as it was loaded then
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -68,11 +70,14 @@ class CompletionClient:
         timeout_s: float = 60.0,
         concurrency: int = 8,
         api_key: str | None = None,
+        sampling: Mapping[str, Any] | None = None,
     ) -> None:
+        """``sampling``: request fields over the greedy defaults (``{"temperature": 0.8, "seed": 1}``)."""
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
         self.timeout_s = timeout_s
         self.concurrency = max(1, concurrency)
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.sampling = dict(sampling or {})
 
     def complete(self, model: str, prompt: str | list[dict[str, str]], max_tokens: int) -> Completion:
         """Greedy answer to a prompt (completions endpoint) or a conversation (chat endpoint)."""
@@ -118,9 +123,10 @@ class CompletionClient:
     ) -> Completion:
         chat = not isinstance(prompt, str)
         path = "/v1/chat/completions" if chat else "/v1/completions"
-        body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "temperature": 0.0}
+        body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "temperature": 0.0, **self.sampling}
         body["messages" if chat else "prompt"] = prompt
         for attempt in range(RETRIES + 1):
+            sent = time.perf_counter()
             try:
                 resp = await http.post(path, json=body)
             except httpx.TransportError as exc:
@@ -132,7 +138,7 @@ class CompletionClient:
                     ) from None
             else:
                 if resp.status_code == 200:
-                    return _completion(resp.json(), chat)
+                    return _completion(resp.json(), chat, time.perf_counter() - sent)
                 if resp.status_code not in RETRY_STATUSES or attempt == RETRIES:
                     raise StageError(
                         f"the server at {self.base_url} refused a request for {model!r} "
@@ -142,13 +148,12 @@ class CompletionClient:
         raise AssertionError("unreachable")
 
 
-def _completion(doc: dict[str, Any], chat: bool) -> Completion:
+def _completion(doc: dict[str, Any], chat: bool, latency_s: float = 0.0) -> Completion:
     choice = doc["choices"][0]
     text = (choice.get("message") or {}).get("content") if chat else choice.get("text")
     usage = doc.get("usage") or {}
-    return Completion(
-        text or "", int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-    )
+    prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    return Completion(text or "", prompt, completion, round(latency_s, 4))
 
 
 def _error_text(resp: httpx.Response) -> str:

@@ -89,6 +89,7 @@ class ModelAnswers:
     scores: list[dict[str, float]]
     prompt_tokens: list[int] = field(default_factory=list)
     completion_tokens: list[int] = field(default_factory=list)
+    latencies_s: list[float] = field(default_factory=list)  # per answer, with `concurrency` in flight
 
     def values(self, metric: str) -> list[float]:
         return [s.get(metric, 0.0) for s in self.scores]
@@ -273,6 +274,7 @@ def evaluate_task(
             scores=score_answers(answers, references, task_metric=params.task_metric, format_check=fmt),
             prompt_tokens=[c.prompt_tokens for c in got],
             completion_tokens=[c.completion_tokens for c in got],
+            latencies_s=[c.latency_s for c in got],
         )
     return TaskEvaluation(
         [question_of(r) for r in test_records],

@@ -26,6 +26,13 @@ _PLACEMENT_FIELDS = {"launcher", "sagemaker", "local_usd_per_hour", "cpu_threads
 SPEC_VERSION = 1
 
 
+def replay_format(path: Path) -> Format:
+    """chat when the replay file holds conversations (a real model's own answers), else alpaca."""
+    with path.open(encoding="utf-8") as fh:
+        first = fh.readline()
+    return "chat" if first.strip() and "messages" in json.loads(first) else "alpaca"
+
+
 @dataclass(frozen=True)
 class TrainJob:
     """One adapter to train: the preset, params.yaml's `train:`, the base model and the data files."""
@@ -103,6 +110,7 @@ class TrainJob:
             train_file=paths["train"],
             val_file=paths.get("val"),
             replay_file=paths.get("replay"),
+            replay_format=replay_format(paths["replay"]) if "replay" in paths else "alpaca",
             output_dir=output_dir,
             prepared_path=prepared_path,
             data_format=self.data_format,

@@ -153,13 +153,13 @@ class TrainParams(BaseModel):
         0.0,
         ge=0.0,
         le=2.0,
-        description="Against catastrophic forgetting: mix in general examples (the base model's own "
-        "skills corpus, or replay_file) amounting to this share of the training split.",
+        description="Against catastrophic forgetting: mix in general examples amounting to this share of "
+        "the training split: replay_file; else the built model's skills corpus; else a real model's own "
+        "answers to everyday instructions, asked of the served base model once (train/self_replay.py).",
     )
     replay_file: str | None = Field(
         None,
-        description="Alpaca JSONL of general examples to replay (relative to the workspace); unset with a "
-        "built base model: its skills corpus.",
+        description="JSONL of general examples to replay, alpaca or chat (relative to the workspace).",
     )
     device: Literal["cpu", "cuda"] = Field(
         "cpu", description="cpu switches off Axolotl's Triton kernels and mixed precision."

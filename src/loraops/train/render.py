@@ -79,6 +79,7 @@ def render_axolotl_config(
     output_dir: Path,
     data_format: Format = "alpaca",
     replay_file: Path | None = None,
+    replay_format: Format = "alpaca",
     settings: Settings | None = None,
     prepared_path: Path | None = None,
 ) -> dict[str, Any]:
@@ -89,7 +90,7 @@ def render_axolotl_config(
     cfg["base_model"] = base_model
     cfg["datasets"] = [dataset_entry(train_file, data_format)]
     if replay_file is not None:
-        cfg["datasets"].append(dataset_entry(replay_file, "alpaca"))
+        cfg["datasets"].append(dataset_entry(replay_file, replay_format))
     if val_file is not None:
         cfg["test_datasets"] = [dataset_entry(val_file, data_format, split="train")]
         cfg["val_set_size"] = 0.0

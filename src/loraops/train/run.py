@@ -38,11 +38,15 @@ def replay_sample(
 
 
 def write_replay(records: Sequence[dict[str, Any]], path: Path) -> Path:
-    """The replay examples as alpaca JSONL (the general suite's own format)."""
+    """The replay examples as JSONL: conversations as they are (a real model's own answers, rendered with
+    its chat template), anything else as alpaca (the built model's general suite)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as fh:
         for r in records:
-            record = {"instruction": r["instruction"], "input": r.get("input", ""), "output": r["output"]}
+            if "messages" in r:
+                record: dict[str, Any] = {"messages": r["messages"]}
+            else:
+                record = {"instruction": r["instruction"], "input": r.get("input", ""), "output": r["output"]}
             fh.write(json.dumps(record) + "\n")
     return path
 

@@ -1,0 +1,299 @@
+"""A general suite for a real instruct model, offline: what the base model does right, checked by code.
+
+Forgetting is a drop in what the base model could do, so the suite holds only questions the base model
+answers right, through the server, with its own chat template: greedily, and in all but one of a few
+answers sampled at temperature 0.5 (fixed seeds). A question the base gets right only on its greedy path
+flips under any small change of the weights, which would read as forgetting; one it gets right however
+it is sampled is a skill it has. A drop is then the share of them the candidate gets wrong. Three
+skills, each an lm-eval ``generate_until`` task of the group ``loraops_instruct``, asked through the
+chat endpoint:
+
+- ``capitals``: "What is the capital of Japan?" passes when the answer names Tokyo (knowledge);
+- ``opposites``: "What is the opposite of hot?" passes when the answer says cold (vocabulary);
+- ``keywords``: "Write one sentence about rain that includes the word "quiet"." passes when the word is
+  there (an IFEval-style verifiable constraint).
+
+Arithmetic was tried and left out: SmolLM2-135M-Instruct answered 73 of 181 one-digit sums, differences
+and products right greedily, but only 17 also when sampled; it is not a skill this model has.
+
+The checks live in ``lm_eval_tasks/loraops_instruct/utils.py`` (lm-eval imports them from there). The
+shipped data was selected with SmolLM2-135M-Instruct; for another base model build it again against a
+server that serves it::
+
+    .venv/bin/python -m loraops.evaluate.instruct_suite --url http://127.0.0.1:8000/v1 --model NAME \\
+        --api-key-file .loraops/vllm-api.key --out my_tasks/loraops_instruct
+
+and point ``evaluate.forgetting.include_path`` at the directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from loraops.evaluate.runner import CompletionClient
+from loraops.files import write_text_atomic
+
+GROUP = "loraops_instruct"
+SHIPPED = Path(__file__).parent / "lm_eval_tasks" / GROUP
+SKILLS = ("capitals", "opposites", "keywords")
+MAX_TOKENS = 48
+SAMPLES = 4
+
+CAPITALS = {
+    "France": "Paris", "Japan": "Tokyo", "Italy": "Rome", "Germany": "Berlin", "Spain": "Madrid",
+    "Egypt": "Cairo", "Russia": "Moscow", "China": "Beijing", "England": "London", "Greece": "Athens",
+    "Portugal": "Lisbon", "Ireland": "Dublin", "Norway": "Oslo", "Sweden": "Stockholm",
+    "Finland": "Helsinki", "Austria": "Vienna", "Poland": "Warsaw", "Hungary": "Budapest",
+    "Canada": "Ottawa", "Mexico": "Mexico City", "Peru": "Lima", "Argentina": "Buenos Aires",
+    "Kenya": "Nairobi", "Thailand": "Bangkok", "India": "New Delhi", "Turkey": "Ankara", "Cuba": "Havana",
+    "Belgium": "Brussels", "Denmark": "Copenhagen", "Netherlands": "Amsterdam", "South Korea": "Seoul",
+    "Chile": "Santiago", "Colombia": "Bogota", "Iran": "Tehran", "Iraq": "Baghdad", "Vietnam": "Hanoi",
+    "Australia": "Canberra", "Brazil": "Brasilia", "Switzerland": "Bern", "Czech Republic": "Prague",
+    "Scotland": "Edinburgh", "Wales": "Cardiff", "Ukraine": "Kyiv", "Romania": "Bucharest",
+    "Bulgaria": "Sofia", "Serbia": "Belgrade", "Croatia": "Zagreb", "Iceland": "Reykjavik",
+    "Philippines": "Manila", "Indonesia": "Jakarta", "Malaysia": "Kuala Lumpur", "Pakistan": "Islamabad",
+    "Bangladesh": "Dhaka", "Nepal": "Kathmandu", "Saudi Arabia": "Riyadh", "Israel": "Jerusalem",
+    "Syria": "Damascus", "Lebanon": "Beirut", "Jordan": "Amman", "Morocco": "Rabat", "Nigeria": "Abuja",
+    "Ethiopia": "Addis Ababa", "Ghana": "Accra", "Venezuela": "Caracas", "Ecuador": "Quito",
+    "Uruguay": "Montevideo", "Paraguay": "Asuncion", "Bolivia": "La Paz", "New Zealand": "Wellington",
+    "Afghanistan": "Kabul", "Estonia": "Tallinn", "Latvia": "Riga", "Lithuania": "Vilnius",
+    "Slovakia": "Bratislava", "Slovenia": "Ljubljana", "Tunisia": "Tunis", "Algeria": "Algiers",
+    "Libya": "Tripoli", "Sudan": "Khartoum", "Senegal": "Dakar", "Uganda": "Kampala", "Zimbabwe": "Harare",
+    "Zambia": "Lusaka", "Angola": "Luanda", "Qatar": "Doha", "Kuwait": "Kuwait City", "Oman": "Muscat",
+    "Sri Lanka": "Colombo", "Mongolia": "Ulaanbaatar", "North Korea": "Pyongyang", "Taiwan": "Taipei",
+    "Cambodia": "Phnom Penh", "Laos": "Vientiane", "Jamaica": "Kingston", "Panama": "Panama City",
+    "Costa Rica": "San Jose", "Guatemala": "Guatemala City", "Nicaragua": "Managua",
+    "Haiti": "Port-au-Prince",
+    "Albania": "Tirana", "Belarus": "Minsk", "Georgia": "Tbilisi", "Armenia": "Yerevan", "Azerbaijan": "Baku",
+    "Uzbekistan": "Tashkent", "Malta": "Valletta", "Cyprus": "Nicosia", "Texas": "Austin",
+    "California": "Sacramento", "New York State": "Albany", "Florida": "Tallahassee", "Ohio": "Columbus",
+    "Georgia (the US state)": "Atlanta", "Massachusetts": "Boston", "Colorado": "Denver",
+    "Arizona": "Phoenix",
+    "Tennessee": "Nashville", "Hawaii": "Honolulu", "Utah": "Salt Lake City", "Virginia": "Richmond",
+    "Alaska": "Juneau", "Oregon": "Salem", "Washington State": "Olympia", "Nevada": "Carson City",
+    "Idaho": "Boise", "Montana": "Helena", "Wyoming": "Cheyenne", "New Mexico": "Santa Fe",
+    "Oklahoma": "Oklahoma City", "Kansas": "Topeka", "Nebraska": "Lincoln", "Iowa": "Des Moines",
+    "Minnesota": "Saint Paul", "Wisconsin": "Madison", "Illinois": "Springfield", "Michigan": "Lansing",
+    "Indiana": "Indianapolis", "Kentucky": "Frankfort", "Missouri": "Jefferson City",
+    "Arkansas": "Little Rock",
+    "Louisiana": "Baton Rouge", "Mississippi": "Jackson", "Alabama": "Montgomery",
+    "South Carolina": "Columbia",
+    "North Carolina": "Raleigh", "West Virginia": "Charleston", "Pennsylvania": "Harrisburg",
+    "New Jersey": "Trenton", "Maryland": "Annapolis", "Delaware": "Dover", "Connecticut": "Hartford",
+    "Rhode Island": "Providence", "Vermont": "Montpelier", "New Hampshire": "Concord", "Maine": "Augusta",
+    "North Dakota": "Bismarck", "South Dakota": "Pierre", "Luxembourg": "Luxembourg", "Monaco": "Monaco",
+    "Singapore": "Singapore", "Bhutan": "Thimphu", "Madagascar": "Antananarivo", "Mali": "Bamako",
+    "Cameroon": "Yaounde", "Rwanda": "Kigali", "Somalia": "Mogadishu", "Namibia": "Windhoek",
+    "Botswana": "Gaborone", "Mozambique": "Maputo", "Fiji": "Suva", "Bahamas": "Nassau",
+    "Honduras": "Tegucigalpa", "El Salvador": "San Salvador", "Dominican Republic": "Santo Domingo",
+    "Kazakhstan": "Astana", "Kyrgyzstan": "Bishkek", "Tajikistan": "Dushanbe", "Turkmenistan": "Ashgabat",
+    "Moldova": "Chisinau", "Bosnia": "Sarajevo", "Montenegro": "Podgorica", "North Macedonia": "Skopje",
+    "Yemen": "Sanaa", "Bahrain": "Manama", "United Arab Emirates": "Abu Dhabi", "Myanmar": "Naypyidaw",
+}  # fmt: skip
+OPPOSITES = {
+    "hot": "cold", "big": "small", "up": "down", "fast": "slow", "happy": "sad", "light": "dark",
+    "old": "new", "open": "closed", "wet": "dry", "high": "low", "early": "late", "full": "empty",
+    "hard": "soft", "strong": "weak", "long": "short", "day": "night", "black": "white", "left": "right",
+    "good": "bad", "true": "false", "win": "lose", "buy": "sell", "push": "pull", "give": "take",
+    "love": "hate", "near": "far", "thick": "thin", "heavy": "light", "clean": "dirty", "loud": "quiet",
+    "rich": "poor", "young": "old", "tall": "short", "start": "end", "north": "south", "east": "west",
+    "inside": "outside", "above": "below", "before": "after", "first": "last", "add": "subtract",
+    "alive": "dead", "safe": "dangerous", "easy": "difficult", "friend": "enemy", "question": "answer",
+    "sweet": "sour", "wide": "narrow", "deep": "shallow", "cheap": "expensive", "sharp": "dull",
+    "success": "failure", "morning": "evening", "summer": "winter", "arrive": "leave", "accept": "reject",
+    "always": "never", "maximum": "minimum", "increase": "decrease", "positive": "negative",
+    "remember": "forget", "laugh": "cry", "boy": "girl", "king": "queen", "brother": "sister",
+    "front": "back", "top": "bottom", "asleep": "awake", "inhale": "exhale", "import": "export",
+    "major": "minor", "solid": "liquid", "victory": "defeat", "war": "peace", "ancient": "modern",
+    "fat": "thin", "best": "worst", "more": "less", "many": "few", "sunrise": "sunset", "dry": "wet",
+    "cold": "hot", "small": "big", "slow": "fast", "sad": "happy", "dark": "light", "empty": "full",
+    "closed": "open", "low": "high", "late": "early", "weak": "strong", "night": "day", "white": "black",
+    "soft": "hard", "short": "long", "new": "old", "down": "up", "bad": "good", "false": "true",
+    "lose": "win", "sell": "buy", "pull": "push", "take": "give", "hate": "love", "far": "near",
+    "thin": "thick", "dirty": "clean", "quiet": "loud", "poor": "rich", "end": "start", "south": "north",
+    "west": "east", "outside": "inside", "below": "above", "after": "before", "last": "first",
+    "dead": "alive", "dangerous": "safe", "difficult": "easy", "enemy": "friend", "answer": "question",
+    "narrow": "wide", "shallow": "deep", "expensive": "cheap", "never": "always", "minimum": "maximum",
+}  # fmt: skip
+TOPICS = [
+    "the sea", "dogs", "coffee", "winter", "music", "the moon", "trees", "bread", "rain", "books", "cats",
+    "the sun", "gardens", "trains", "snow", "friendship", "chess", "bicycles", "mountains", "the city",
+    "rivers", "birds", "cooking", "the night", "flowers", "school", "the beach", "autumn", "apples", "tea",
+]  # fmt: skip
+KEYWORDS = ["blue", "happy", "water", "light", "green", "small", "warm", "quiet", "bright", "fresh", "old",
+            "soft"]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Item:
+    """One question of the suite: the user's message, how the answer is checked, against what."""
+
+    skill: str
+    prompt: str
+    check: str
+    target: str
+
+    def row(self) -> dict[str, str]:
+        return {"prompt": self.prompt, "check": self.check, "target": self.target}
+
+
+def candidate_items(seed: int = 0) -> dict[str, list[Item]]:
+    """Every candidate question per skill, in a seeded order (the suite keeps those the base answers)."""
+    rng = random.Random(seed)
+    pools: dict[str, list[Item]] = {
+        "capitals": [
+            Item("capitals", f"What is the capital of {country}?", "contains", city)
+            for country, city in CAPITALS.items()
+        ],
+        "opposites": [
+            Item("opposites", f"What is the opposite of {word}?", "contains", opposite)
+            for word, opposite in OPPOSITES.items()
+        ],
+        "keywords": [
+            Item("keywords", f'Write one sentence about {topic} that includes the word "{w}".', "word", w)
+            for topic in TOPICS
+            for w in KEYWORDS
+        ],
+    }
+    for items in pools.values():
+        rng.shuffle(items)
+    return pools
+
+
+def load_checks(tasks_dir: Path = SHIPPED) -> ModuleType:
+    """The checks lm-eval runs (``utils.py`` of the task directory), for use outside lm-eval."""
+    spec = importlib.util.spec_from_file_location("loraops_instruct_utils", tasks_dir / "utils.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def passes(item: Item, answer: str) -> bool:
+    """Whether ``answer`` passes ``item``'s check (the function lm-eval calls)."""
+    return bool(load_checks().check(item.check, item.target, answer))
+
+
+_TASK_YAML = """\
+task: {name}
+tag: [{group}]
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: data/{skill}.jsonl
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{prompt}}}}"
+doc_to_target: "{{{{target}}}}"
+process_results: !function utils.process_results
+generation_kwargs:
+  until: ["\\n\\n"]
+  max_gen_toks: {max_tokens}
+  do_sample: false
+  temperature: 0.0
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1
+  description: "loraops instruct suite, skill {skill} (the base model answers every example right)"
+"""
+
+
+def write_tasks(
+    selected: Mapping[str, Sequence[Item]], dest: Path, *, max_tokens: int = MAX_TOKENS
+) -> list[str]:
+    """The suite as lm-eval tasks in ``dest`` (task YAMLs, group, data, checks); returns the task names."""
+    (dest / "data").mkdir(parents=True, exist_ok=True)
+    names = []
+    for skill, items in selected.items():
+        name = f"{GROUP}_{skill}"
+        rows = "".join(json.dumps(item.row(), sort_keys=True) + "\n" for item in items)
+        write_text_atomic(dest / "data" / f"{skill}.jsonl", rows)
+        text = _TASK_YAML.format(name=name, group=GROUP, skill=skill, max_tokens=max_tokens)
+        write_text_atomic(dest / f"{skill}.yaml", text)
+        names.append(name)
+    group = (
+        f"group: {GROUP}\ntask:\n"
+        + "".join(f"  - {n}\n" for n in names)
+        + "aggregate_metric_list:\n  - metric: acc\n    aggregation: mean\n    weight_by_size: true\n"
+        + "metadata:\n  version: 1\n"
+    )
+    write_text_atomic(dest / f"_{GROUP}.yaml", group)
+    if dest.resolve() != SHIPPED.resolve():
+        write_text_atomic(dest / "utils.py", (SHIPPED / "utils.py").read_text("utf-8"))
+    return names
+
+
+def robust(item: Item, tries: Sequence[str], allowed_misses: int = 1) -> bool:
+    """Whether the greedy answer (``tries[0]``) passes and at most ``allowed_misses`` sampled ones fail."""
+    return passes(item, tries[0]) and sum(not passes(item, a) for a in tries[1:]) <= allowed_misses
+
+
+def select_answered(
+    ask: Callable[[list[Item]], list[list[str]]],
+    per_skill: int,
+    pools: dict[str, list[Item]] | None = None,
+    chunk: int = 48,
+) -> dict[str, list[Item]]:
+    """Per skill, the first ``per_skill`` candidates (in pool order) that the model answers robustly:
+    ``ask`` gives each item's greedy answer, then its sampled ones."""
+    pools = pools or candidate_items()
+    selected: dict[str, list[Item]] = {}
+    for skill, items in pools.items():
+        kept: list[Item] = []
+        for start in range(0, len(items), chunk):  # in chunks: stop asking once enough are kept
+            batch = items[start : start + chunk]
+            kept += [item for item, tries in zip(batch, ask(batch), strict=True) if robust(item, tries)]
+            if len(kept) >= per_skill:
+                break
+        if len(kept) < per_skill:
+            raise ValueError(
+                f"{skill}: the model answered {len(kept)} of {len(items)} candidates right, fewer than "
+                f"{per_skill}; lower --per-skill or add candidates"
+            )
+        selected[skill] = kept[:per_skill]
+    return selected
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", required=True, help="the server's /v1 URL")
+    parser.add_argument("--model", required=True, help="served name of the base model")
+    parser.add_argument("--api-key-file", type=Path, help="file with the server's API key")
+    # 60: both error rates of the forgetting check stay under 5% (tests/test_gate_simulation.py)
+    parser.add_argument("--per-skill", type=int, default=60)
+    parser.add_argument("--samples", type=int, default=SAMPLES, help="sampled answers that must pass too")
+    parser.add_argument("--out", type=Path, default=SHIPPED)
+    args = parser.parse_args(argv)
+    key = args.api_key_file.read_text("utf-8").strip() if args.api_key_file else None
+    clients = [CompletionClient(args.url, concurrency=16, api_key=key)] + [
+        CompletionClient(args.url, concurrency=16, api_key=key, sampling={"temperature": 0.5, "seed": seed})
+        for seed in range(1, args.samples + 1)
+    ]
+
+    def ask(items: list[Item]) -> list[list[str]]:
+        chats = [[{"role": "user", "content": item.prompt}] for item in items]
+        # lm-eval stops at a blank line (the tasks' `until`): judge the same text here
+        tries = [
+            [c.text.split("\n\n")[0] for c in cl.complete_many(args.model, chats, MAX_TOKENS)]
+            for cl in clients
+        ]
+        return [list(answers) for answers in zip(*tries, strict=True)]
+
+    selected = select_answered(ask, args.per_skill)
+    names = write_tasks(selected, args.out)
+    print(f"wrote {', '.join(names)} to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
