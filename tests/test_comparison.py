@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from loraops.evaluate.comparison import approaches, decision_table, percentile, summary
-from loraops.evaluate.economics import CostParams, break_even
+from loraops.evaluate.economics import BreakEven, CostParams, break_even
 from loraops.evaluate.report import render_report
 from loraops.evaluate.suite import EvalReport, GeneralEvaluation, ModelAnswers, TaskEvaluation
 
@@ -37,6 +37,15 @@ def _report(adapter_right: list[int], rag_right: list[int]) -> EvalReport:
     )
 
 
+def _economics(report: EvalReport) -> BreakEven:
+    return break_even(
+        training_usd=0.01,
+        adapter_tokens=report.task.runs["candidate"].mean_tokens(),
+        rag_tokens=report.task.runs["rag"].mean_tokens(),
+        prices=PRICES,
+    )
+
+
 def test_percentiles_interpolate_between_order_statistics() -> None:
     assert percentile([3.0, 1.0, 2.0], 0.5) == 2.0
     assert percentile([0.0, 10.0], 0.95) == 9.5
@@ -55,12 +64,7 @@ def test_each_approach_gets_its_quality_tokens_latency_and_price() -> None:
 
 def test_the_decision_table_names_the_winner_of_each_criterion_from_the_figures() -> None:
     report = _report([1] * 40, [1, 0] * 20)
-    economics = break_even(
-        training_usd=0.01,
-        adapter_tokens=report.task.runs["candidate"].mean_tokens(),
-        rag_tokens=report.task.runs["rag"].mean_tokens(),
-        prices=PRICES,
-    )
+    economics = _economics(report)
     verdicts = {v.criterion: v for v in decision_table(report, PRICES, economics)}
     assert verdicts["task quality"].winner == "candidate"  # +50 points, interval above 0
     assert verdicts["format compliance"].winner == "tie"  # both 100%
@@ -90,12 +94,7 @@ def test_no_table_without_a_rag_baseline() -> None:
 
 def test_the_report_shows_the_measured_table_and_who_wins_what() -> None:
     report = _report([1] * 40, [1, 0] * 20)
-    economics = break_even(
-        training_usd=0.01,
-        adapter_tokens=report.task.runs["candidate"].mean_tokens(),
-        rag_tokens=report.task.runs["rag"].mean_tokens(),
-        prices=PRICES,
-    )
+    economics = _economics(report)
     measured = approaches(report, PRICES)
     html = render_report(
         report,

@@ -93,16 +93,23 @@ def test_improvement_over_the_base_model(gate: GateParams) -> None:
     assert false_fail <= 0.05, false_fail
 
 
-@pytest.mark.parametrize("params_file", SUITES.values(), ids=SUITES.keys())
-def test_forgetting_of_one_general_task(gate: GateParams, params_file: Path) -> None:
-    limit = gate.max_skill_drop
-    n = min(_suite_sizes(params_file))
+def _forgetting_errors(limit: float, n: int, ok_accuracy: float, seed: int) -> tuple[float, float]:
+    """(false pass, false fail) of a drop check judged on its upper bound: a candidate that lost exactly
+    ``limit`` must fail; one at ``ok_accuracy`` (the base answers all n right) must pass."""
 
     def check(e):  # drop = base - candidate; the check passes when its upper bound is within the limit
         return e.high <= limit
 
-    false_pass = _rate(check, n=n, p_a=1.0, p_b=1.0 - limit, rho=0.9, seed=5)
-    false_fail = 1 - _rate(check, n=n, p_a=1.0, p_b=0.98, rho=0.9, seed=6)
+    false_pass = _rate(check, n=n, p_a=1.0, p_b=1.0 - limit, rho=0.9, seed=seed)
+    false_fail = 1 - _rate(check, n=n, p_a=1.0, p_b=ok_accuracy, rho=0.9, seed=seed + 1)
+    return false_pass, false_fail
+
+
+@pytest.mark.parametrize("params_file", SUITES.values(), ids=SUITES.keys())
+def test_forgetting_of_one_general_task(gate: GateParams, params_file: Path) -> None:
+    false_pass, false_fail = _forgetting_errors(
+        gate.max_skill_drop, min(_suite_sizes(params_file)), 0.98, seed=5
+    )
     assert false_pass <= 0.05, false_pass
     assert false_fail <= 0.05, false_fail
 
@@ -110,13 +117,8 @@ def test_forgetting_of_one_general_task(gate: GateParams, params_file: Path) -> 
 @pytest.mark.parametrize("params_file", SUITES.values(), ids=SUITES.keys())
 def test_mean_forgetting_over_the_whole_suite(gate: GateParams, params_file: Path) -> None:
     """The overall drop is judged on every general example pooled (GeneralEvaluation.drop)."""
-    limit = gate.max_mean_drop
-    n = sum(_suite_sizes(params_file))
-
-    def check(e):
-        return e.high <= limit
-
-    false_pass = _rate(check, n=n, p_a=1.0, p_b=1.0 - limit, rho=0.9, seed=7)
-    false_fail = 1 - _rate(check, n=n, p_a=1.0, p_b=0.99, rho=0.9, seed=8)
+    false_pass, false_fail = _forgetting_errors(
+        gate.max_mean_drop, sum(_suite_sizes(params_file)), 0.99, seed=7
+    )
     assert false_pass <= 0.05, false_pass
     assert false_fail <= 0.05, false_fail
