@@ -257,6 +257,8 @@ def test_alias_moves_are_delivered_and_served(setup: Setup, hook: RunningHook):
         (name, str(setup.sync.version_dir(v2))),
     ]
 
+    # the hook records the desired state when its reconcile ends, just after the backend moved: wait for it
+    wait_for(lambda: get_json(f"{hook.base}/status?model={setup.name}")["in_sync"])
     status = get_json(f"{hook.base}/status?model={setup.name}")
     assert (status["served_version"], status["error"], status["in_sync"]) == (v2, None, True)
     assert status["aliases"]["champion"]["desired_version"] == v2
