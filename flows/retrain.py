@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -89,6 +90,7 @@ from loraops.notify import Notice, notify
 from loraops.registry.tracking import MetricStream, Registry
 from loraops.services import http_ok
 from loraops.serving.policy import CANARY_TAG
+from loraops.serving.vllm import VllmClient
 from loraops.stack.local import serving_credentials, stack_urls, vllm_client
 from loraops.train.preflight import check_training
 from loraops.train.run import launcher_for, train_adapter
@@ -198,12 +200,20 @@ def champion_task(ctx: Context) -> Champion | None:
     return found.version, dict(found.tags)
 
 
+def _completion_client(ctx: Context, server: VllmClient) -> CompletionClient:
+    """The evaluation client on the stack's server, with params' timeout and concurrency."""
+    evaluate = ctx.params.evaluate
+    return CompletionClient(
+        stack_urls(ctx.params).replica,
+        timeout_s=evaluate.request_timeout_s,
+        concurrency=evaluate.concurrency,
+        api_key=server.api_key,
+    )
+
+
 def _self_replay(ctx: Context, count: int) -> list[dict[str, Any]]:
     """The served base model's own answers to general instructions (train/self_replay.py)."""
-    urls, server = stack_urls(ctx.params), vllm_client(ctx.ws, ctx.params)
-    client = CompletionClient(
-        urls.replica, concurrency=ctx.params.evaluate.concurrency, api_key=server.api_key
-    )
+    client = _completion_client(ctx, vllm_client(ctx.ws, ctx.params))
     base_name = ctx.params.base_model.name()
     get_run_logger().info("replay: asking %s for its own answers to general instructions", base_name)
     return base_answers_replay(
@@ -327,16 +337,10 @@ def register_task(ctx: Context, trained: Trained, data: DataVersion) -> Register
 def evaluate_task(ctx: Context, registered: Registered, prepared: PrepareResult) -> EvalReport:
     logger = get_run_logger()
     params = ctx.params
-    urls = stack_urls(params)
     server = vllm_client(ctx.ws, params)
     report = evaluate_version(
         server=server,
-        client=CompletionClient(
-            urls.replica,
-            timeout_s=params.evaluate.request_timeout_s,
-            concurrency=params.evaluate.concurrency,
-            api_key=server.api_key,
-        ),
+        client=_completion_client(ctx, server),
         registry=ctx.registry,
         params=params,
         version=ctx.registry.get_version(registered.version),
@@ -414,7 +418,7 @@ def report_task(
             f"{a.role}.latency_{q}_s": value
             for a in measured
             for q, value in (("p50", a.latency_p50_s), ("p95", a.latency_p95_s))
-            if value == value  # not nan
+            if not math.isnan(value)
         }
     )
     if economics is not None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from loraops.evaluate.instruct_suite import candidate_items
 from loraops.evaluate.runner import Completion
-from loraops.train.self_replay import MAX_TOKENS, base_answers_replay, general_prompts, replay_records
+from loraops.train.self_replay import MAX_TOKENS, base_answers_replay, finished_conversations, general_prompts
 
 
 def test_the_instructions_are_seeded_distinct_and_not_the_general_suites_questions() -> None:
@@ -23,7 +23,7 @@ def test_the_instructions_are_seeded_distinct_and_not_the_general_suites_questio
 
 def test_only_finished_answers_become_conversations() -> None:
     answers = [Completion("Sure. ", 5, 3), Completion("cut mid", 5, MAX_TOKENS), Completion("  ", 5, 1)]
-    records = replay_records(["a?", "b?", "c?"], answers, MAX_TOKENS)
+    records = finished_conversations(["a?", "b?", "c?"], answers, MAX_TOKENS)
     assert records == [
         {"messages": [{"role": "user", "content": "a?"}, {"role": "assistant", "content": "Sure."}]}
     ]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loraops.data.records import Format
+from loraops.data.records import Format, vote_format
 from loraops.files import file_md5
 from loraops.train.params import TrainParams
 from loraops.train.render import load_preset, render_axolotl_config
@@ -30,7 +30,7 @@ def replay_format(path: Path) -> Format:
     """chat when the replay file holds conversations (a real model's own answers), else alpaca."""
     with path.open(encoding="utf-8") as fh:
         first = fh.readline()
-    return "chat" if first.strip() and "messages" in json.loads(first) else "alpaca"
+    return (vote_format(json.loads(first)) if first.strip() else None) or "alpaca"
 
 
 @dataclass(frozen=True)

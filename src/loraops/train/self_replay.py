@@ -55,7 +55,7 @@ def general_prompts(n: int, seed: int = 0) -> list[str]:
     return every[:n]
 
 
-def replay_records(
+def finished_conversations(
     prompts: Sequence[str], answers: Sequence[Completion], max_tokens: int
 ) -> list[dict[str, Any]]:
     """Conversations of the prompts and the answers the model finished (fewer tokens than the budget)."""
@@ -84,6 +84,6 @@ def base_answers_replay(
         records = [json.loads(line) for line in cached.read_text("utf-8").splitlines() if line.strip()]
     else:
         answers = ask([[{"role": "user", "content": p}] for p in prompts], MAX_TOKENS)
-        records = replay_records(prompts, answers, MAX_TOKENS)
+        records = finished_conversations(prompts, answers, MAX_TOKENS)
         write_text_atomic(cached, "".join(json.dumps(r) + "\n" for r in records))
     return records[:count]
