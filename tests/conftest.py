@@ -164,13 +164,13 @@ def _git(cwd: Path, *args: str) -> None:
     subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def make_workspace(dest: Path, overrides: dict | None = None) -> Path:
-    """A fresh loraops project on the tiny model: params.yaml (free ports), dvc.yaml, presets; a git repo
-    with one commit."""
+def make_workspace(dest: Path, overrides: dict | None = None, profile: Path = TINY_PARAMS) -> Path:
+    """A fresh loraops project (the tiny model's ``profile`` unless told): params.yaml (free ports),
+    dvc.yaml, presets; a git repo with one commit."""
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copytree(ROOT / "axolotl_configs", dest / "axolotl_configs")
     shutil.copy2(ROOT / "dvc.yaml", dest / "dvc.yaml")
-    params = yaml.safe_load(TINY_PARAMS.read_text())
+    params = yaml.safe_load(profile.read_text())
     params["serving"]["port"] = free_port()
     params["stack"].update(
         mlflow_port=free_port(), prefect_port=free_port(), sync_port=free_port(), worker_port=free_port()

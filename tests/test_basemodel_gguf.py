@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SHARED_CACHE
+from loraops.basemodel._convert_gguf import bpe_from_scores
 from loraops.basemodel.build import resolve_base_model
 from loraops.basemodel.gguf import (
     CONVERSION_FILE,
@@ -113,6 +114,35 @@ def test_dtype_and_gguf_file_are_checked_in_params_yaml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_params(params_file)
     assert "params.yaml:3" in str(err.value) and "base_model.dtype" in str(err.value)
+
+
+def test_a_sentencepiece_vocabulary_with_merge_ranks_becomes_a_bpe_that_merges_by_rank() -> None:
+    """Gemma's GGUF stores a SentencePiece-BPE vocabulary with scores = -rank and no merges; transformers
+    gives a Unigram over those scores, which prefers short pieces. Rebuilt, the pieces merge by rank."""
+    from tokenizers import Tokenizer
+
+    pieces = [["<unk>", 0.0], ["<bos>", 0.0], ["<0x41>", 0.0]]
+    pieces += [[c, -100.0 - i] for i, c in enumerate("abcdr▁")]
+    pieces += [["ab", -1.0], ["ra", -2.0], ["abra", -3.0], ["cad", -4.0], ["ca", -5.0], ["abracad", -60.0]]
+    state = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [],
+        "normalizer": None,
+        "pre_tokenizer": None,
+        "post_processor": None,
+        "decoder": None,
+        "model": {"type": "Unigram", "unk_id": 0, "vocab": pieces, "byte_fallback": True},
+    }
+    unigram = Tokenizer.from_str(json.dumps(state)).encode("abracadabra").tokens
+    bpe_state = bpe_from_scores(state, keep_whole={"<unk>", "<bos>"})
+    merges = bpe_state["model"]["merges"]
+    assert merges[:2] == [["a", "b"], ["r", "a"]]  # the best-ranked pieces merge first
+    assert ["ab", "ra"] in merges and not any("<" in "".join(m) for m in merges)  # no merge into specials
+    bpe = Tokenizer.from_str(json.dumps(bpe_state)).encode("abracadabra").tokens
+    assert bpe == ["abracad", "abra"], bpe
+    assert len(unigram) > len(bpe), unigram  # what the Unigram reading made of it
 
 
 @pytest.mark.slow

@@ -46,22 +46,28 @@ def test_candidates_are_seeded_and_cover_every_skill() -> None:
     assert all(i.check == "word" for i in pools["keywords"]) and len(pools["keywords"]) == 360
 
 
-def test_only_what_the_model_answers_right_greedily_and_when_sampled_is_kept() -> None:
+def test_only_what_the_model_answers_right_greedily_and_in_every_sample_is_kept() -> None:
     pools = {"sums": [Item("sums", f"What is {n} + 1?", "last_number", str(n + 1)) for n in range(8)]}
+    asked_for_samples: list[str] = []
 
-    def tries(item: Item) -> list[str]:
-        # greedy right on even targets; of 4 samples, 1 wrong below 5 and 2 wrong from 5 on
-        n = int(item.target)
-        wrong = 1 if n < 5 else 2
-        return [f"= {n if n % 2 == 0 else n + 1}"] + [f"= {n + 1}"] * wrong + [f"= {n}"] * (4 - wrong)
+    def greedy(items: list[Item]) -> list[str]:  # right on even targets
+        return [f"= {int(i.target) if int(i.target) % 2 == 0 else 0}" for i in items]
 
-    def ask(items: list[Item]) -> list[list[str]]:
-        return [tries(i) for i in items]
+    def sampled(items: list[Item]) -> list[list[str]]:  # of 4 samples, one wrong below 5, two from 5 on
+        asked_for_samples.extend(i.target for i in items)
+        wrong = {i.target: 1 if int(i.target) < 5 else 2 for i in items}
+        return [[f"= {i.target}"] * (4 - wrong[i.target]) + ["= 0"] * wrong[i.target] for i in items]
 
-    assert [i.target for i in select_answered(ask, per_skill=2, pools=pools)["sums"]] == ["2", "4"]
-    assert [i.target for i in select_answered(ask, per_skill=1, pools=pools, chunk=3)["sums"]] == ["2"]
-    with pytest.raises(ValueError, match="answered 2 of 8 candidates right, fewer than 3"):
-        select_answered(ask, per_skill=3, pools=pools)
+    assert [i.target for i in select_answered(greedy, sampled, per_skill=2, pools=pools)["sums"]] == [
+        "2",
+        "4",
+    ]
+    assert asked_for_samples == ["2", "4", "6", "8"]  # only what was right greedily
+    assert [i.target for i in select_answered(greedy, sampled, 1, pools=pools, chunk=3)["sums"]] == ["2"]
+    with pytest.raises(ValueError, match="answered 2 of 8 candidates firmly, fewer than 3"):
+        select_answered(greedy, sampled, per_skill=3, pools=pools)
+    with pytest.raises(ValueError, match="answered 0 of 8 candidates firmly"):
+        select_answered(greedy, sampled, per_skill=1, pools=pools, allowed_misses=0)
 
 
 def test_the_shipped_suite_is_what_write_tasks_makes_of_its_data(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ from loraops.locks import file_lock
 PYPI_PREFIX = "pypi:"
 CONVERSION_FILE = "conversion.json"  # written last: marks a converted model complete
 # Bumped when the conversion changes what it writes for the same GGUF and dtype (moves the cache key).
-CONVERTER_VERSION = 2  # 2: special tokens from the GGUF
+CONVERTER_VERSION = 3  # 2: special tokens from the GGUF; 3: SentencePiece-BPE merges from the scores
 DTYPES = ("float32", "bfloat16", "float16")
 _REQUIREMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!-]+$")
 

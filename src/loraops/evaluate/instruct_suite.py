@@ -1,12 +1,19 @@
 """A general suite for a real instruct model, offline: what the base model does right, checked by code.
 
 Forgetting is a drop in what the base model could do, so the suite holds only questions the base model
-answers right, through the server, with its own chat template: greedily, and in all but one of a few
+answers right, through the server, with its own chat template: greedily, and in all but one of 4
 answers sampled at temperature 0.5 (fixed seeds). A question the base gets right only on its greedy path
 flips under any small change of the weights, which would read as forgetting; one it gets right however
-it is sampled is a skill it has. A drop is then the share of them the candidate gets wrong. Three
-skills, each an lm-eval ``generate_until`` task of the group ``loraops_instruct``, asked through the
-chat endpoint:
+it is sampled is a skill it has. A drop is then the share of them the candidate gets wrong.
+
+Measured on SmolLM2-135M-Instruct: the misses of four LoRA adapters of the triage task (9-14 of the 180
+questions) fell almost all on questions the base model itself gets right in at most 7 of 8 samples at
+temperature 0.7; the 66 it answers right in all 8 caught 0-2 of them. A firmer suite (``--samples 8
+--temperature 0.7 --allowed-misses 0``) would measure forgetting with less noise, but this model answers
+only 21 of the 186 capital questions that firmly.
+
+Three skills, each an lm-eval ``generate_until`` task of the group ``loraops_instruct``, asked through
+the chat endpoint:
 
 - ``capitals``: "What is the capital of Japan?" passes when the answer names Tokyo (knowledge);
 - ``opposites``: "What is the opposite of hot?" passes when the answer says cold (vocabulary);
@@ -45,6 +52,8 @@ SHIPPED = Path(__file__).parent / "lm_eval_tasks" / GROUP
 SKILLS = ("capitals", "opposites", "keywords")
 MAX_TOKENS = 48
 SAMPLES = 4
+TEMPERATURE = 0.5
+ALLOWED_MISSES = 1
 
 CAPITALS = {
     "France": "Paris", "Japan": "Tokyo", "Italy": "Rome", "Germany": "Berlin", "Spain": "Madrid",
@@ -233,31 +242,35 @@ def write_tasks(
     return names
 
 
-def robust(item: Item, tries: Sequence[str], allowed_misses: int = 1) -> bool:
-    """Whether the greedy answer (``tries[0]``) passes and at most ``allowed_misses`` sampled ones fail."""
-    return passes(item, tries[0]) and sum(not passes(item, a) for a in tries[1:]) <= allowed_misses
+def firm(item: Item, greedy: str, sampled: Sequence[str], allowed_misses: int = ALLOWED_MISSES) -> bool:
+    """Whether the greedy answer passes and at most ``allowed_misses`` sampled ones fail."""
+    return passes(item, greedy) and sum(not passes(item, a) for a in sampled) <= allowed_misses
 
 
 def select_answered(
-    ask: Callable[[list[Item]], list[list[str]]],
+    greedy: Callable[[list[Item]], list[str]],
+    sampled: Callable[[list[Item]], list[list[str]]],
     per_skill: int,
     pools: dict[str, list[Item]] | None = None,
     chunk: int = 48,
+    allowed_misses: int = ALLOWED_MISSES,
 ) -> dict[str, list[Item]]:
-    """Per skill, the first ``per_skill`` candidates (in pool order) that the model answers robustly:
-    ``ask`` gives each item's greedy answer, then its sampled ones."""
+    """Per skill, the first ``per_skill`` candidates (in pool order) that the model answers firmly:
+    ``greedy`` gives each item's greedy answer; ``sampled`` is asked only for those right greedily."""
     pools = pools or candidate_items()
     selected: dict[str, list[Item]] = {}
     for skill, items in pools.items():
         kept: list[Item] = []
         for start in range(0, len(items), chunk):  # in chunks: stop asking once enough are kept
             batch = items[start : start + chunk]
-            kept += [item for item, tries in zip(batch, ask(batch), strict=True) if robust(item, tries)]
+            right = [(i, a) for i, a in zip(batch, greedy(batch), strict=True) if passes(i, a)]
+            tries = sampled([i for i, _ in right]) if right else []
+            kept += [i for (i, a), more in zip(right, tries, strict=True) if firm(i, a, more, allowed_misses)]
             if len(kept) >= per_skill:
                 break
         if len(kept) < per_skill:
             raise ValueError(
-                f"{skill}: the model answered {len(kept)} of {len(items)} candidates right, fewer than "
+                f"{skill}: the model answered {len(kept)} of {len(items)} candidates firmly, fewer than "
                 f"{per_skill}; lower --per-skill or add candidates"
             )
         selected[skill] = kept[:per_skill]
@@ -272,24 +285,34 @@ def main(argv: list[str] | None = None) -> int:
     # 60: both error rates of the forgetting check stay under 5% (tests/test_gate_simulation.py)
     parser.add_argument("--per-skill", type=int, default=60)
     parser.add_argument("--samples", type=int, default=SAMPLES, help="sampled answers that must pass too")
+    parser.add_argument("--allowed-misses", type=int, default=ALLOWED_MISSES, help="of the sampled answers")
+    parser.add_argument("--temperature", type=float, default=TEMPERATURE, help="of the sampled answers")
     parser.add_argument("--out", type=Path, default=SHIPPED)
     args = parser.parse_args(argv)
     key = args.api_key_file.read_text("utf-8").strip() if args.api_key_file else None
-    clients = [CompletionClient(args.url, concurrency=16, api_key=key)] + [
-        CompletionClient(args.url, concurrency=16, api_key=key, sampling={"temperature": 0.5, "seed": seed})
+    greedy_client = CompletionClient(args.url, concurrency=16, api_key=key)
+    sampling_clients = [
+        CompletionClient(
+            args.url, concurrency=16, api_key=key, sampling={"temperature": args.temperature, "seed": seed}
+        )
         for seed in range(1, args.samples + 1)
     ]
 
-    def ask(items: list[Item]) -> list[list[str]]:
+    def answers(client: CompletionClient, items: list[Item]) -> list[str]:
         chats = [[{"role": "user", "content": item.prompt}] for item in items]
         # lm-eval stops at a blank line (the tasks' `until`): judge the same text here
-        tries = [
-            [c.text.split("\n\n")[0] for c in cl.complete_many(args.model, chats, MAX_TOKENS)]
-            for cl in clients
-        ]
-        return [list(answers) for answers in zip(*tries, strict=True)]
+        return [c.text.split("\n\n")[0] for c in client.complete_many(args.model, chats, MAX_TOKENS)]
 
-    selected = select_answered(ask, args.per_skill)
+    def sampled(items: list[Item]) -> list[list[str]]:
+        tries = [answers(client, items) for client in sampling_clients]
+        return [list(each) for each in zip(*tries, strict=True)]
+
+    selected = select_answered(
+        lambda items: answers(greedy_client, items),
+        sampled,
+        args.per_skill,
+        allowed_misses=args.allowed_misses,
+    )
     names = write_tasks(selected, args.out)
     print(f"wrote {', '.join(names)} to {args.out}")
     return 0
