@@ -44,7 +44,7 @@ def timed(into: dict[str, float], key: str) -> Iterator[None]:
         into[key] = into.get(key, 0.0) + time.monotonic() - started
 
 
-def workspace(tmp: Path, steps: int, params_file: Path) -> tuple[Path, Any]:
+def workspace(tmp: Path, steps: int, params_file: Path) -> tuple[Path, Any, str]:
     """A workspace with 80 training and 16 validation tickets in the data format of ``params_file``, and
     that file's training settings cut to ``steps`` steps (the tiny model's: a higher learning rate)."""
     from loraops.config import load_params
@@ -62,7 +62,7 @@ def workspace(tmp: Path, steps: int, params_file: Path) -> tuple[Path, Any]:
     train = loaded.train.model_copy(
         update={"num_epochs": 1, "replay_fraction": 0.0, "overrides": {**loaded.train.overrides, **overrides}}
     )
-    return ws, train
+    return ws, train, loaded.data.format
 
 
 def bare_axolotl(config: Path, log: Path, cpu_threads: int) -> float:
@@ -112,7 +112,14 @@ def moto_server(log: Path) -> tuple[str, Callable[[], None]]:
 
 
 def stage(
-    label: str, launcher: Any, ws: Path, params: Any, base: str, mlflow_url: str, run_dir: Path
+    label: str,
+    launcher: Any,
+    ws: Path,
+    params: Any,
+    base: str,
+    mlflow_url: str,
+    run_dir: Path,
+    data_format: Any = "alpaca",
 ) -> dict[str, float]:
     """The flow's train + register steps for one launcher, timed part by part."""
     from loraops.registry.params import RegistryParams
@@ -145,6 +152,7 @@ def stage(
         run_dir=run_dir,
         on_metrics=on_metrics,
         launcher=launcher,
+        data_format=data_format,
     )
     parts["launch"] = time.monotonic() - train_started - logging_s
     with timed(parts, "mlflow"):
@@ -165,7 +173,7 @@ def stage(
 
 
 def sagemaker_stage(
-    ws: Path, params: Any, base: str, mlflow_url: str, moto_url: str, tmp: Path
+    ws: Path, params: Any, base: str, mlflow_url: str, moto_url: str, tmp: Path, data_format: Any
 ) -> dict[str, float]:
     """The same stage through the SageMaker launcher against moto (the emulator plays the job)."""
     from loraops.data.params import RemoteParams
@@ -190,7 +198,7 @@ def sagemaker_stage(
         emulate=EmulateParams(),
     )
     sagemaker = SageMakerLauncher(sm_params, Workspace(ws), data_remote=remote, clients=clients)
-    return stage("sagemaker", sagemaker, ws, params, base, mlflow_url, tmp / "s")
+    return stage("sagemaker", sagemaker, ws, params, base, mlflow_url, tmp / "s", data_format)
 
 
 def main() -> int:
@@ -219,7 +227,7 @@ def main() -> int:
     from loraops.workspace import Workspace
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    ws, params = workspace(tmp, args.steps, args.params)
+    ws, params, data_format = workspace(tmp, args.steps, args.params)
     base_model = load_params(args.params).base_model
     base = resolve_base_model(
         base_model.source,
@@ -237,7 +245,9 @@ def main() -> int:
         for round_ in range(args.rounds):
             run_dir = tmp / f"l{round_}"
             launcher = LocalLauncher(Workspace(ws).runs / "train")
-            locals_.append(stage(f"local{round_}", launcher, ws, params, base, mlflow_url, run_dir))
+            locals_.append(
+                stage(f"local{round_}", launcher, ws, params, base, mlflow_url, run_dir, data_format)
+            )
             reference_config = tmp / f"reference{round_}.yaml"
             # the same config: its output and prepared-dataset directories were removed after the run
             shutil.copy2(Path((run_dir / "config-path").read_text()), reference_config)
@@ -251,7 +261,7 @@ def main() -> int:
         if args.no_sagemaker:
             remote_stage = None
         else:
-            remote_stage = sagemaker_stage(ws, params, base, mlflow_url, moto_url, tmp)
+            remote_stage = sagemaker_stage(ws, params, base, mlflow_url, moto_url, tmp, data_format)
     finally:
         stop_mlflow()
         stop_moto()

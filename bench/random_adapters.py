@@ -32,20 +32,23 @@ def smollm2() -> Path:
     return Path(resolve_base_model(SMOLLM2_SOURCE, DEFAULT_RECIPE, ROOT / ".loraops" / "cache" / "models"))
 
 
-def random_adapters(model_dir: Path, out: Path, seeds: tuple[int, ...] = (1, 2)) -> list[Path]:
-    """One adapter per seed under ``out`` (``adapter_<seed>``), made once for ``model_dir``."""
+def random_adapters(
+    model_dir: Path, out: Path, seeds: tuple[int, ...] = (1, 2), b_std: float = ADAPTER_B_STD
+) -> list[Path]:
+    """One adapter per seed under ``out`` (``adapter_<seed>``), made once for ``model_dir``; ``b_std``
+    scales B (larger: answers further from the base model's)."""
     sys.path.insert(0, str(ROOT / "src"))
     from loraops.envs import require, run_streaming, trainer_env
 
     out = out.resolve()
     paths = [out / f"adapter_{seed}" for seed in seeds]
     manifest = out / "adapters.json"
-    wanted = {"model": str(Path(model_dir).resolve()), "adapters": [str(p) for p in paths]}
+    wanted = {"model": str(Path(model_dir).resolve()), "adapters": [str(p) for p in paths], "b_std": b_std}
     if manifest.exists() and json.loads(manifest.read_text()) == wanted:
         return paths
     trainer = require(trainer_env())
     run_streaming(
-        [trainer.python, Path(__file__).resolve(), "--build", model_dir, out, *map(str, seeds)],
+        [trainer.python, Path(__file__).resolve(), "--build", model_dir, out, str(b_std), *map(str, seeds)],
         env=trainer.environ({}),
         what=f"making {len(seeds)} random LoRA adapters",
     )
@@ -53,7 +56,7 @@ def random_adapters(model_dir: Path, out: Path, seeds: tuple[int, ...] = (1, 2))
     return paths
 
 
-def _build(model_dir: Path, out: Path, seeds: list[int]) -> None:  # runs in the trainer environment
+def _build(model_dir: Path, out: Path, b_std: float, seeds: list[int]) -> None:  # in the trainer env
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -72,13 +75,13 @@ def _build(model_dir: Path, out: Path, seeds: list[int]) -> None:  # runs in the
         with torch.no_grad():
             for name, param in lora.named_parameters():
                 if "lora_B" in name:  # zero in PEFT's init (a no-op adapter)
-                    param.copy_(torch.randn(param.shape, generator=gen) * ADAPTER_B_STD)
+                    param.copy_(torch.randn(param.shape, generator=gen) * b_std)
         lora.save_pretrained(out / f"adapter_{seed}")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) >= 4 and sys.argv[1] == "--build":
-        _build(Path(sys.argv[2]), Path(sys.argv[3]), [int(s) for s in sys.argv[4:]] or [1, 2])
+    if len(sys.argv) >= 5 and sys.argv[1] == "--build":
+        _build(Path(sys.argv[2]), Path(sys.argv[3]), float(sys.argv[4]), [int(s) for s in sys.argv[5:]])
     elif len(sys.argv) >= 3:
         made = random_adapters(
             Path(sys.argv[1]), Path(sys.argv[2]), tuple(int(s) for s in sys.argv[3:]) or (1, 2)
