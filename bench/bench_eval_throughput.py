@@ -103,18 +103,12 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    from loraops.basemodel.build import resolve_base_model
     from loraops.config import load_params
     from loraops.services import ServiceManager, free_port
     from loraops.serving.vllm import vllm_service_spec
 
     params = load_params(args.params)
-    base = resolve_base_model(
-        params.base_model.source,
-        params.base_model.recipe,
-        ROOT / ".loraops" / "cache" / "models",
-        **params.base_model.gguf_options(),
-    )
+    base = params.base_model.resolve(ROOT / ".loraops" / "cache" / "models")
     tmp = Path(tempfile.mkdtemp(prefix="bench-eval-"))
     port = free_port()
     manager = ServiceManager(tmp)

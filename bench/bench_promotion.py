@@ -123,19 +123,11 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-promotion-"))
     if args.params:
-        from loraops.basemodel.build import resolve_base_model
         from loraops.config import load_params
         from random_adapters import random_adapters
 
         params = load_params(args.params)
-        model_dir = Path(
-            resolve_base_model(
-                params.base_model.source,
-                params.base_model.recipe,
-                ROOT / ".loraops" / "cache" / "models",
-                **params.base_model.gguf_options(),
-            )
-        )
+        model_dir = Path(params.base_model.resolve(ROOT / ".loraops" / "cache" / "models"))
         print(f"making three random adapters for {model_dir} in {tmp}")
         # B 5x the throughput bench's: three 8-token answers that differ from each other and the base's
         a, b, c = random_adapters(model_dir, tmp / "adapters", seeds=(1, 2, 3), b_std=0.05)

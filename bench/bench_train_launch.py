@@ -221,7 +221,6 @@ def main() -> int:
         os.environ.setdefault(key, value)
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
-    from loraops.basemodel.build import resolve_base_model
     from loraops.config import load_params
     from loraops.train.local import LocalLauncher
     from loraops.workspace import Workspace
@@ -229,12 +228,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
     ws, params, data_format = workspace(tmp, args.steps, args.params)
     base_model = load_params(args.params).base_model
-    base = resolve_base_model(
-        base_model.source,
-        base_model.recipe,
-        ROOT / ".loraops" / "cache" / "models",
-        **base_model.gguf_options(),
-    )
+    base = base_model.resolve(ROOT / ".loraops" / "cache" / "models")
     print(f"base model {base}, {args.steps} steps per run, {args.rounds} rounds")
     mlflow_url, stop_mlflow = mlflow_server(tmp / "mlflow")
     moto_url, stop_moto = moto_server(tmp / "moto.log")

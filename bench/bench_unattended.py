@@ -35,7 +35,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 def make_workspace_with_champion(tmp: Path) -> tuple[Any, Any, Any]:
     """A workspace with the demo data prepared and versioned, and a champion tagged with that data."""
     from conftest import make_workspace
-    from loraops.basemodel.build import resolve_base_model
     from loraops.config import load_params
     from loraops.data.demo import write_demo_dataset
     from loraops.data.versioning import prepare_data, version_data
@@ -48,7 +47,7 @@ def make_workspace_with_champion(tmp: Path) -> tuple[Any, Any, Any]:
     ws.ensure()
     params = load_params(ws.params_file)
     write_demo_dataset(ws.root / params.data.raw)
-    base = resolve_base_model(params.base_model.source, params.base_model.recipe, ws.models)
+    base = params.base_model.resolve(ws.models)
     prepare_data(ws, params.data, tokenizer_dir=Path(base), sequence_len=params.train.sequence_len)
     data = version_data(ws, params.data)
     urls = up_control_plane(ws, params)
@@ -73,13 +72,12 @@ def make_workspace_with_champion(tmp: Path) -> tuple[Any, Any, Any]:
 
 def direct(ws: Any, params: Any) -> str | None:
     """The reference: the no-op run's decisions without Prefect."""
-    from loraops.basemodel.build import resolve_base_model
     from loraops.data.versioning import prepare_data, version_data
     from loraops.loop.rules import skip_reason
     from loraops.registry.tracking import Registry
     from loraops.stack.local import stack_urls
 
-    base = resolve_base_model(params.base_model.source, params.base_model.recipe, ws.models)
+    base = params.base_model.resolve(ws.models)
     prepare_data(ws, params.data, tokenizer_dir=Path(base), sequence_len=params.train.sequence_len)
     data = version_data(ws, params.data)
     champion = Registry(stack_urls(params).mlflow, params.registry).champion()

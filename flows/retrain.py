@@ -46,7 +46,6 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
-from loraops.basemodel.build import resolve_base_model
 from loraops.basemodel.skills import training_corpus
 from loraops.config import Params, load_params
 from loraops.data.prepare import PrepareResult
@@ -552,8 +551,7 @@ def _context(workspace: str | None, launcher: str | None = None) -> Context:
     ws = Workspace.from_env(workspace)
     ws.ensure()
     params = with_launcher(load_params(ws.params_file), launcher)
-    base = params.base_model
-    base_model = resolve_base_model(base.source, base.recipe, ws.models, **base.gguf_options())
+    base_model = params.base_model.resolve(ws.models)
     return Context(ws, params, base_model, Registry(stack_urls(params).mlflow, params.registry))
 
 

@@ -32,12 +32,7 @@ STEPS = 6
 
 
 def test_gemma3_is_converted_trained_served_and_its_adapter_answers(tmp_path: Path) -> None:
-    lines: list[str] = []
-    base = Path(
-        resolve_base_model(
-            GEMMA3, DEFAULT_RECIPE, SHARED_CACHE / "models", with_dependencies=True, on_line=lines.append
-        )
-    )
+    base = Path(resolve_base_model(GEMMA3, DEFAULT_RECIPE, SHARED_CACHE / "models", with_dependencies=True))
     config = json.loads((base / "config.json").read_text())
     assert config["architectures"] == ["Gemma3ForCausalLM"], config["architectures"]
 

@@ -47,21 +47,13 @@ def _check_envs() -> None:
 
 
 def _base_model(ws: Workspace, params: Any) -> str:
-    from loraops.basemodel.build import resolve_base_model
     from loraops.basemodel.gguf import is_gguf_source
 
     if params.base_model.source == "build":
         say(f"base model: recipe {params.base_model.recipe.name} (built once, then cached in {ws.models})")
     elif is_gguf_source(params.base_model.source):
         say(f"base model: {params.base_model.source} (converted once, then cached in {ws.models})")
-    base = params.base_model
-    return resolve_base_model(
-        base.source,
-        base.recipe,
-        ws.models,
-        on_line=_build_progress(),
-        **base.gguf_options(),
-    )
+    return params.base_model.resolve(ws.models, on_line=_build_progress())
 
 
 def _build_progress(every: int = 10) -> Callable[[str], None]:

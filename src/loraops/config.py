@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,6 +57,14 @@ class BaseModelParams(BaseModel):
             "gguf_file": self.gguf_file,
             "with_dependencies": self.package_dependencies,
         }
+
+    def resolve(self, models_dir: Path, on_line: Callable[[str], None] | None = None) -> str:
+        """The model directory or id to train and serve: built, converted or as given (resolve_base_model)."""
+        from loraops.basemodel.build import resolve_base_model
+
+        return resolve_base_model(
+            self.source, self.recipe, models_dir, on_line=on_line, **self.gguf_options()
+        )
 
     def name(self) -> str:
         if self.served_name:

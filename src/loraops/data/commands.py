@@ -39,19 +39,10 @@ def default_context(
     params = load_params(workspace.params_file)
     tokenizer: Path | None = None
     if need_tokenizer:
-        from loraops.basemodel.build import resolve_base_model
-
         notice = build_notice(params.base_model.source, params.base_model.recipe, workspace.models)
         if notice is not None and on_line is not None:
             on_line(f"[basemodel] {notice}")
-        base = params.base_model
-        source = resolve_base_model(
-            base.source,
-            base.recipe,
-            workspace.models,
-            on_line=on_line,
-            **base.gguf_options(),
-        )
+        source = params.base_model.resolve(workspace.models, on_line=on_line)
         tokenizer = Path(source)
     from loraops.train.settings import effective_sequence_len
 
