@@ -26,8 +26,10 @@ from loraops.evaluate.procedure import general_tasks
 @pytest.mark.parametrize(
     ("item", "answer", "expected"),
     [
-        (Item("capitals", "q", "contains", "Tokyo"), "The capital of Japan is Tokyo.", True),
-        (Item("capitals", "q", "contains", "Tokyo"), '{"category": "account"}', False),
+        (Item("opposites", "q", "contains", "cold"), "The opposite of hot is Cold.", True),
+        (Item("opposites", "q", "contains", "cold"), '{"category": "account"}', False),
+        (Item("plurals", "q", "word", "mice"), 'The plural of "mouse" is "mice".', True),
+        (Item("plurals", "q", "word", "mice"), "Mouses, or mices.", False),
         (Item("arithmetic", "q", "last_number", "15"), "To add 7 and 8: 7 + 8 = 15.", True),
         (Item("arithmetic", "q", "last_number", "6"), "12 + 5 = 6 is wrong, it is 17", False),
         (Item("arithmetic", "q", "last_number", "7"), "seven", False),
@@ -42,7 +44,7 @@ def test_each_check_passes_what_it_should_and_nothing_else(item: Item, answer: s
 def test_candidates_are_seeded_and_cover_every_skill() -> None:
     pools = candidate_items()
     assert tuple(pools) == SKILLS and candidate_items() == pools
-    assert candidate_items(seed=1)["capitals"] != pools["capitals"]
+    assert candidate_items(seed=1)["plurals"] != pools["plurals"]
     assert all(i.check == "word" for i in pools["keywords"]) and len(pools["keywords"]) == 360
 
 
@@ -87,7 +89,7 @@ def test_the_shipped_suite_is_what_write_tasks_makes_of_its_data(tmp_path: Path)
 
     assert files(tmp_path) == files(SHIPPED)
     assert (tmp_path / "utils.py").read_text() == (SHIPPED / "utils.py").read_text()
-    task = (SHIPPED / "capitals.yaml").read_text()
+    task = (SHIPPED / "plurals.yaml").read_text()
     assert "process_results: !function utils.process_results" in task and "max_gen_toks: 48" in task
 
 

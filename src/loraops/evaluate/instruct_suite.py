@@ -1,27 +1,24 @@
 """A general suite for a real instruct model, offline: what the base model does right, checked by code.
 
-Forgetting is a drop in what the base model could do, so the suite holds only questions the base model
-answers right, through the server, with its own chat template: greedily, and in all but one of 4
-answers sampled at temperature 0.5 (fixed seeds). A question the base gets right only on its greedy path
-flips under any small change of the weights, which would read as forgetting; one it gets right however
-it is sampled is a skill it has. A drop is then the share of them the candidate gets wrong.
-
-Measured on SmolLM2-135M-Instruct: the misses of four LoRA adapters of the triage task (9-14 of the 180
-questions) fell almost all on questions the base model itself gets right in at most 7 of 8 samples at
-temperature 0.7; the 66 it answers right in all 8 caught 0-2 of them. A firmer suite (``--samples 8
---temperature 0.7 --allowed-misses 0``) would measure forgetting with less noise, but this model answers
-only 21 of the 186 capital questions that firmly.
+Forgetting is a drop in what the base model could do, so the suite holds only what the base model does
+firmly, through the server, with its own chat template: right greedily, and in at least 7 of 8 answers
+sampled at temperature 0.7 (fixed seeds). A question the base gets right only on its greedy path flips
+under any small change of the weights and would read as forgetting; one it gets right however it is
+sampled is a skill it has. A drop is then the share of them the candidate gets wrong.
 
 Three skills, each an lm-eval ``generate_until`` task of the group ``loraops_instruct``, asked through
 the chat endpoint:
 
-- ``capitals``: "What is the capital of Japan?" passes when the answer names Tokyo (knowledge);
 - ``opposites``: "What is the opposite of hot?" passes when the answer says cold (vocabulary);
-- ``keywords``: "Write one sentence about rain that includes the word "quiet"." passes when the word is
-  there (an IFEval-style verifiable constraint).
+- ``plurals``: 'What is the plural of "mouse"?' passes when the answer has the word mice (grammar);
+- ``keywords``: 'Write one sentence about rain that includes the word "quiet".' passes when the word
+  is there (an IFEval-style verifiable constraint).
 
-Arithmetic was tried and left out: SmolLM2-135M-Instruct answered 73 of 181 one-digit sums, differences
-and products right greedily, but only 17 also when sampled; it is not a skill this model has.
+Tried on SmolLM2-135M-Instruct and left out, because the model does not hold them firmly: capitals
+(of 60 it answered greedily and in 3 of 4 samples at temperature 0.5, only 33 held 7 of 8 at 0.7, and
+the misses of LoRA adapters of the triage task fell mostly on the other 27), one-digit arithmetic (17 of
+181 held even 3 of 4 at 0.5), the next day, month or number (0 of 76), the colour of things (1 of 40:
+the answer runs past 48 tokens before naming it), a word written in upper case (0 of 50).
 
 The checks live in ``lm_eval_tasks/loraops_instruct/utils.py`` (lm-eval imports them from there). The
 shipped data was selected with SmolLM2-135M-Instruct; for another base model build it again against a
@@ -49,62 +46,47 @@ from loraops.files import write_text_atomic
 
 GROUP = "loraops_instruct"
 SHIPPED = Path(__file__).parent / "lm_eval_tasks" / GROUP
-SKILLS = ("capitals", "opposites", "keywords")
+SKILLS = ("opposites", "plurals", "keywords")
 MAX_TOKENS = 48
-SAMPLES = 4
-TEMPERATURE = 0.5
+SAMPLES = 8
+TEMPERATURE = 0.7
 ALLOWED_MISSES = 1
 
-CAPITALS = {
-    "France": "Paris", "Japan": "Tokyo", "Italy": "Rome", "Germany": "Berlin", "Spain": "Madrid",
-    "Egypt": "Cairo", "Russia": "Moscow", "China": "Beijing", "England": "London", "Greece": "Athens",
-    "Portugal": "Lisbon", "Ireland": "Dublin", "Norway": "Oslo", "Sweden": "Stockholm",
-    "Finland": "Helsinki", "Austria": "Vienna", "Poland": "Warsaw", "Hungary": "Budapest",
-    "Canada": "Ottawa", "Mexico": "Mexico City", "Peru": "Lima", "Argentina": "Buenos Aires",
-    "Kenya": "Nairobi", "Thailand": "Bangkok", "India": "New Delhi", "Turkey": "Ankara", "Cuba": "Havana",
-    "Belgium": "Brussels", "Denmark": "Copenhagen", "Netherlands": "Amsterdam", "South Korea": "Seoul",
-    "Chile": "Santiago", "Colombia": "Bogota", "Iran": "Tehran", "Iraq": "Baghdad", "Vietnam": "Hanoi",
-    "Australia": "Canberra", "Brazil": "Brasilia", "Switzerland": "Bern", "Czech Republic": "Prague",
-    "Scotland": "Edinburgh", "Wales": "Cardiff", "Ukraine": "Kyiv", "Romania": "Bucharest",
-    "Bulgaria": "Sofia", "Serbia": "Belgrade", "Croatia": "Zagreb", "Iceland": "Reykjavik",
-    "Philippines": "Manila", "Indonesia": "Jakarta", "Malaysia": "Kuala Lumpur", "Pakistan": "Islamabad",
-    "Bangladesh": "Dhaka", "Nepal": "Kathmandu", "Saudi Arabia": "Riyadh", "Israel": "Jerusalem",
-    "Syria": "Damascus", "Lebanon": "Beirut", "Jordan": "Amman", "Morocco": "Rabat", "Nigeria": "Abuja",
-    "Ethiopia": "Addis Ababa", "Ghana": "Accra", "Venezuela": "Caracas", "Ecuador": "Quito",
-    "Uruguay": "Montevideo", "Paraguay": "Asuncion", "Bolivia": "La Paz", "New Zealand": "Wellington",
-    "Afghanistan": "Kabul", "Estonia": "Tallinn", "Latvia": "Riga", "Lithuania": "Vilnius",
-    "Slovakia": "Bratislava", "Slovenia": "Ljubljana", "Tunisia": "Tunis", "Algeria": "Algiers",
-    "Libya": "Tripoli", "Sudan": "Khartoum", "Senegal": "Dakar", "Uganda": "Kampala", "Zimbabwe": "Harare",
-    "Zambia": "Lusaka", "Angola": "Luanda", "Qatar": "Doha", "Kuwait": "Kuwait City", "Oman": "Muscat",
-    "Sri Lanka": "Colombo", "Mongolia": "Ulaanbaatar", "North Korea": "Pyongyang", "Taiwan": "Taipei",
-    "Cambodia": "Phnom Penh", "Laos": "Vientiane", "Jamaica": "Kingston", "Panama": "Panama City",
-    "Costa Rica": "San Jose", "Guatemala": "Guatemala City", "Nicaragua": "Managua",
-    "Haiti": "Port-au-Prince",
-    "Albania": "Tirana", "Belarus": "Minsk", "Georgia": "Tbilisi", "Armenia": "Yerevan", "Azerbaijan": "Baku",
-    "Uzbekistan": "Tashkent", "Malta": "Valletta", "Cyprus": "Nicosia", "Texas": "Austin",
-    "California": "Sacramento", "New York State": "Albany", "Florida": "Tallahassee", "Ohio": "Columbus",
-    "Georgia (the US state)": "Atlanta", "Massachusetts": "Boston", "Colorado": "Denver",
-    "Arizona": "Phoenix",
-    "Tennessee": "Nashville", "Hawaii": "Honolulu", "Utah": "Salt Lake City", "Virginia": "Richmond",
-    "Alaska": "Juneau", "Oregon": "Salem", "Washington State": "Olympia", "Nevada": "Carson City",
-    "Idaho": "Boise", "Montana": "Helena", "Wyoming": "Cheyenne", "New Mexico": "Santa Fe",
-    "Oklahoma": "Oklahoma City", "Kansas": "Topeka", "Nebraska": "Lincoln", "Iowa": "Des Moines",
-    "Minnesota": "Saint Paul", "Wisconsin": "Madison", "Illinois": "Springfield", "Michigan": "Lansing",
-    "Indiana": "Indianapolis", "Kentucky": "Frankfort", "Missouri": "Jefferson City",
-    "Arkansas": "Little Rock",
-    "Louisiana": "Baton Rouge", "Mississippi": "Jackson", "Alabama": "Montgomery",
-    "South Carolina": "Columbia",
-    "North Carolina": "Raleigh", "West Virginia": "Charleston", "Pennsylvania": "Harrisburg",
-    "New Jersey": "Trenton", "Maryland": "Annapolis", "Delaware": "Dover", "Connecticut": "Hartford",
-    "Rhode Island": "Providence", "Vermont": "Montpelier", "New Hampshire": "Concord", "Maine": "Augusta",
-    "North Dakota": "Bismarck", "South Dakota": "Pierre", "Luxembourg": "Luxembourg", "Monaco": "Monaco",
-    "Singapore": "Singapore", "Bhutan": "Thimphu", "Madagascar": "Antananarivo", "Mali": "Bamako",
-    "Cameroon": "Yaounde", "Rwanda": "Kigali", "Somalia": "Mogadishu", "Namibia": "Windhoek",
-    "Botswana": "Gaborone", "Mozambique": "Maputo", "Fiji": "Suva", "Bahamas": "Nassau",
-    "Honduras": "Tegucigalpa", "El Salvador": "San Salvador", "Dominican Republic": "Santo Domingo",
-    "Kazakhstan": "Astana", "Kyrgyzstan": "Bishkek", "Tajikistan": "Dushanbe", "Turkmenistan": "Ashgabat",
-    "Moldova": "Chisinau", "Bosnia": "Sarajevo", "Montenegro": "Podgorica", "North Macedonia": "Skopje",
-    "Yemen": "Sanaa", "Bahrain": "Manama", "United Arab Emirates": "Abu Dhabi", "Myanmar": "Naypyidaw",
+PLURALS = {
+    "cat": "cats", "dog": "dogs", "box": "boxes", "child": "children", "mouse": "mice", "man": "men",
+    "woman": "women", "tooth": "teeth", "foot": "feet", "person": "people", "city": "cities",
+    "baby": "babies",
+    "leaf": "leaves", "knife": "knives", "wolf": "wolves", "bus": "buses", "glass": "glasses",
+    "church": "churches", "tomato": "tomatoes", "potato": "potatoes", "hero": "heroes", "book": "books",
+    "tree": "trees", "car": "cars", "house": "houses", "apple": "apples", "bird": "birds", "fox": "foxes",
+    "dish": "dishes", "watch": "watches", "goose": "geese", "ox": "oxen", "wife": "wives", "life": "lives",
+    "party": "parties", "story": "stories", "day": "days", "key": "keys", "toy": "toys", "boy": "boys",
+    "girl": "girls", "friend": "friends", "horse": "horses", "flower": "flowers", "chair": "chairs",
+    "table": "tables", "pencil": "pencils", "bottle": "bottles", "window": "windows", "door": "doors",
+    "river": "rivers", "mountain": "mountains", "country": "countries", "family": "families",
+    "lady": "ladies", "berry": "berries", "cherry": "cherries", "puppy": "puppies", "brush": "brushes",
+    "class": "classes", "kiss": "kisses", "wish": "wishes", "match": "matches", "bench": "benches",
+    "lunch": "lunches", "beach": "beaches", "half": "halves", "shelf": "shelves", "loaf": "loaves",
+    "thief": "thieves", "calf": "calves", "hat": "hats", "pen": "pens", "cup": "cups", "shoe": "shoes",
+    "egg": "eggs", "star": "stars", "hand": "hands", "cactus": "cacti", "fungus": "fungi",
+    "crisis": "crises", "bike": "bikes", "ship": "ships", "plane": "planes", "dress": "dresses",
+    "teacher": "teachers", "student": "students", "doctor": "doctors", "farmer": "farmers",
+    "king": "kings", "queen": "queens", "bee": "bees", "ant": "ants", "frog": "frogs", "duck": "ducks",
+    "cow": "cows", "pig": "pigs", "lion": "lions", "tiger": "tigers", "monkey": "monkeys",
+    "donkey": "donkeys", "turkey": "turkeys", "valley": "valleys", "journey": "journeys",
+    "chimney": "chimneys", "lily": "lilies", "fly": "flies", "spy": "spies", "sky": "skies",
+    "army": "armies", "penny": "pennies", "body": "bodies", "hobby": "hobbies", "copy": "copies",
+    "fax": "faxes", "tax": "taxes", "fix": "fixes", "quiz": "quizzes", "gas": "gases", "boss": "bosses",
+    "bush": "bushes", "dash": "dashes", "flash": "flashes",
+    "inch": "inches", "peach": "peaches", "coach": "coaches", "scarf": "scarves",
+    "elf": "elves", "self": "selves", "hoof": "hooves", "echo": "echoes", "cargo": "cargoes",
+    "louse": "lice", "die": "dice",
+    "nucleus": "nuclei", "radius": "radii", "analysis": "analyses",
+    "thesis": "theses", "basis": "bases", "phenomenon": "phenomena", "criterion": "criteria",
+    "datum": "data", "medium": "media", "index": "indices", "matrix": "matrices", "vertex": "vertices",
+    "garden": "gardens", "road": "roads", "street": "streets", "shop": "shops", "song": "songs",
+    "game": "games", "ball": "balls", "lamp": "lamps", "plate": "plates", "spoon": "spoons",
+    "fork": "forks", "bag": "bags", "coat": "coats", "sock": "socks", "ring": "rings", "coin": "coins",
 }  # fmt: skip
 OPPOSITES = {
     "hot": "cold", "big": "small", "up": "down", "fast": "slow", "happy": "sad", "light": "dark",
@@ -130,6 +112,20 @@ OPPOSITES = {
     "west": "east", "outside": "inside", "below": "above", "after": "before", "last": "first",
     "dead": "alive", "dangerous": "safe", "difficult": "easy", "enemy": "friend", "answer": "question",
     "narrow": "wide", "shallow": "deep", "expensive": "cheap", "never": "always", "minimum": "maximum",
+    "agree": "disagree", "appear": "disappear", "possible": "impossible", "visible": "invisible",
+    "correct": "incorrect", "honest": "dishonest", "legal": "illegal", "lock": "unlock", "mother": "father",
+    "husband": "wife", "uncle": "aunt", "son": "daughter", "nephew": "niece", "come": "go",
+    "borrow": "lend", "sink": "float", "rise": "fall", "entrance": "exit", "plus": "minus", "odd": "even",
+    "yes": "no", "over": "under", "here": "there", "everything": "nothing", "smooth": "rough",
+    "loose": "tight", "tame": "wild", "brave": "cowardly", "polite": "rude", "kind": "cruel",
+    "generous": "selfish", "patient": "impatient", "private": "public", "permanent": "temporary",
+    "include": "exclude", "attack": "defend", "heaven": "hell", "hero": "villain", "past": "future",
+    "birth": "death", "arrival": "departure", "vertical": "horizontal", "upstairs": "downstairs",
+    "indoor": "outdoor", "forward": "backward", "guilty": "innocent", "raw": "cooked", "shut": "open",
+    "father": "mother", "wife": "husband", "aunt": "uncle", "daughter": "son", "go": "come",
+    "fall": "rise", "exit": "entrance", "even": "odd", "no": "yes", "under": "over", "there": "here",
+    "nothing": "everything", "rough": "smooth", "tight": "loose", "wild": "tame", "rude": "polite",
+    "future": "past", "death": "birth", "innocent": "guilty", "backward": "forward",
 }  # fmt: skip
 TOPICS = [
     "the sea", "dogs", "coffee", "winter", "music", "the moon", "trees", "bread", "rain", "books", "cats",
@@ -157,13 +153,13 @@ def candidate_items(seed: int = 0) -> dict[str, list[Item]]:
     """Every candidate question per skill, in a seeded order (the suite keeps those the base answers)."""
     rng = random.Random(seed)
     pools: dict[str, list[Item]] = {
-        "capitals": [
-            Item("capitals", f"What is the capital of {country}?", "contains", city)
-            for country, city in CAPITALS.items()
-        ],
         "opposites": [
             Item("opposites", f"What is the opposite of {word}?", "contains", opposite)
             for word, opposite in OPPOSITES.items()
+        ],
+        "plurals": [
+            Item("plurals", f'What is the plural of "{noun}"?', "word", plural)
+            for noun, plural in PLURALS.items()
         ],
         "keywords": [
             Item("keywords", f'Write one sentence about {topic} that includes the word "{w}".', "word", w)

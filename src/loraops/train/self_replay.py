@@ -4,7 +4,7 @@ Mixing general examples into training is the usual guard against catastrophic fo
 model's pre-training data is not at hand offline. Its own greedy answers are: trained on them, the
 adapter is pulled towards what the base model already does outside the task. The instructions are
 everyday requests (explain, describe, advise, greet, name), in forms the general suite
-(``loraops_instruct``: capitals, opposites, keyword sentences) does not ask, so the suite still measures
+(``loraops_instruct``: opposites, plurals, keyword sentences) does not ask, so the suite still measures
 behaviour the replay did not show. Only answers the model finished within the token budget are kept
 (a cut answer would teach it to stop mid-sentence).
 """

@@ -1,9 +1,9 @@
 """Checks of the loraops_instruct suite, run by lm-eval (standalone: no loraops import in lm-eval's process).
 
 Each example names its check and its target; an answer passes when the check holds (1.0) or not (0.0):
-- ``contains``: the target appears in the answer, case-insensitively (knowledge: "Paris");
+- ``contains``: the target appears in the answer, case-insensitively (vocabulary: "cold");
 - ``last_number``: the last integer in the answer is the target ("3 + 4 = 7");
-- ``word``: the target appears as a whole word (an IFEval-style keyword constraint).
+- ``word``: the target appears as a whole word (a plural; an IFEval-style keyword constraint).
 """
 
 from __future__ import annotations
