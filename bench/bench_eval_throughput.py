@@ -99,7 +99,7 @@ def main() -> int:
         "--params",
         type=Path,
         default=ROOT / "params.yaml",
-        help="the base model and its serving settings (e.g. examples/smollm2/params.yaml)",
+        help="base model and serving settings (default: the demo's; or examples/tiny/params.yaml)",
     )
     args = parser.parse_args()
 

@@ -13,7 +13,7 @@ alias is moved 20 times (three adapters in turn, so every move changes the answe
   answering the champion again (the 404 window that the hook's drift watch closes).
 
 The model is the tests' throwaway tiny Llama (tests/fixtures_tiny_model.py), or with ``--params FILE``
-the base model and serving settings of that params.yaml (e.g. examples/smollm2/params.yaml: SmolLM2-135M,
+the base model and serving settings of that params.yaml (e.g. the demo's params.yaml: SmolLM2-135M,
 with three random LoRA adapters from bench/random_adapters.py). Distinct answers per adapter are what tell
 the versions apart.
 

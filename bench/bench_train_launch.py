@@ -12,7 +12,7 @@ SageMaker launcher against moto (the emulator plays the job): uploads and Create
 /opt/ml layout and downloads, polling latency, CloudWatch log shipping and reading, model.tar.gz. Each
 stage also prints ``train_runtime`` (Axolotl's own training loop) so the whole breakdown adds up.
 
-    .venv/bin/python bench/bench_train_launch.py [--steps 20] [--params examples/smollm2/params.yaml]
+    .venv/bin/python bench/bench_train_launch.py [--steps 20] [--params examples/tiny/params.yaml]
 """
 
 from __future__ import annotations
@@ -213,7 +213,7 @@ def main() -> int:
         "--params",
         type=Path,
         default=ROOT / "params.yaml",
-        help="base model, data format and training settings (e.g. examples/smollm2/params.yaml)",
+        help="base model, data format, training (default: the demo's; or examples/tiny/params.yaml)",
     )
     parser.add_argument("--no-sagemaker", action="store_true", help="only the local launcher")
     args = parser.parse_args()

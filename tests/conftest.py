@@ -32,9 +32,9 @@ os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 # built once per checkout, not once per test session.
 SHARED_CACHE = ROOT / ".loraops" / "cache"
 # The loop on the tiny model the project builds: what the test workspaces start from.
-TINY_PARAMS = ROOT / "params.yaml"
-# The same loop on a real pretrained model, SmolLM2-135M-Instruct (issue 16: the demo's next default).
-SMOLLM2_PARAMS = ROOT / "examples" / "smollm2" / "params.yaml"
+TINY_PARAMS = ROOT / "examples" / "tiny" / "params.yaml"
+# The demo's loop, on a real pretrained model: SmolLM2-135M-Instruct.
+SMOLLM2_PARAMS = ROOT / "params.yaml"
 
 # Default timeout per marker, in seconds (the first marker found wins; a test may set its own
 # @pytest.mark.timeout). e2e covers a session stack's start on a fresh clone: the base model is built

