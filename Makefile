@@ -27,10 +27,10 @@ demo: envs
 # and pytest's closing line with the wall time. make test-fast: no server, no training, in random order (pytest-randomly), and
 # a guard that fails a test there that opens a port or starts a service (tests/conftest.py).
 test: envs
-	@.venv/bin/pytest -p no:randomly --durations=25 -m "not architecture and not real_model" $(PYTEST_ARGS)
+	@.venv/bin/pytest -p no:randomly --durations=25 -m "not architecture" $(PYTEST_ARGS)
 
-# Real models: the loop on SmolLM2-135M-Instruct (an over-trained adapter refused for forgetting) and
-# another architecture through convert, render, train, serve (Gemma 3 270M). About 10 minutes.
+# Real models alone: the loop on SmolLM2-135M-Instruct (also in make test: an over-trained adapter refused
+# for forgetting) and another architecture through convert, render, train, serve (Gemma 3 270M; only here).
 test-models: envs
 	@.venv/bin/pytest -p no:randomly --durations=5 -m "architecture or real_model" $(PYTEST_ARGS)
 

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import struct
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -23,7 +20,7 @@ import pytest
 import yaml
 from openai import OpenAI
 
-from conftest import SHARED_CACHE, make_workspace, registered_version, run_cli
+from conftest import make_workspace, registered_version, run_cli
 from loraops.data.demo import as_chat, routing_schema, write_demo_dataset
 from loraops.evaluate.metrics import first_json_object
 from loraops.evaluate.suite import question_of
@@ -141,18 +138,22 @@ def test_the_same_recipe_gives_the_same_adapter_and_the_same_decision(demo_stack
     d.wait_served(champion)
 
 
-def test_a_noop_adapter_fails_on_improvement_over_the_base(demo_stack: Demo, tmp_path: Path) -> None:
+def test_a_noop_adapter_fails_on_improvement_over_the_base_every_time_it_is_judged(
+    demo_stack: Demo, tmp_path: Path
+) -> None:
     d = demo_stack
     v1 = d.client().get_model_version(d.model, "1")
     noop = zero_lora_b(d.artifact(v1.run_id, "adapter"), tmp_path / "noop")
     registered = d.cli("register", str(noop))
     assert registered.returncode == 0, registered.stderr
     version = registered_version(registered.stdout)
-    evaluated = d.cli("evaluate", version)
-    assert evaluated.returncode == 3, (evaluated.stdout + evaluated.stderr)[-4000:]
-    tags = d.client().get_model_version(d.model, version).tags
-    assert tags["gate"] == "failed" and tags["gate.check.gain_over_base"].startswith("fail")
-    assert tags["gate.check.forgetting"].startswith("ok")  # it changed nothing, so it forgot nothing
+    # judged twice: the second evaluation reads its own lm-eval results, not the first one's as well
+    for _ in range(2):
+        evaluated = d.cli("evaluate", version)
+        assert evaluated.returncode == 3, (evaluated.stdout + evaluated.stderr)[-4000:]
+        tags = d.client().get_model_version(d.model, version).tags
+        assert tags["gate"] == "failed" and tags["gate.check.gain_over_base"].startswith("fail")
+        assert tags["gate.check.forgetting"].startswith("ok")  # it changed nothing, so it forgot nothing
 
 
 def test_expert_review_is_exported_and_recorded(demo_stack: Demo, tmp_path: Path) -> None:
@@ -500,76 +501,3 @@ def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
     assert (
         not list((ws / ".loraops" / "pids").glob("*.json")) if (ws / ".loraops" / "pids").exists() else True
     )
-
-
-def _experiments(shown: list[dict]) -> list[dict]:
-    """The experiments' data in `dvc exp show --json` (every baseline's list of runs)."""
-    return [run["data"] for base in shown for exp in base.get("experiments") or [] for run in exp["revs"]]
-
-
-def test_a_dvc_experiment_of_an_over_trained_variant_is_refused_for_forgetting_alone(
-    demo_stack: Demo,
-) -> None:
-    """`dvc exp run -S train.num_epochs=5 -S train.replay_fraction=0` in the demo workspace: DVC skips the
-    unchanged prepare stage, its train stage registers a new version through loraops (5 epochs in the
-    run's params), its evaluate stage judges that version without moving the champion alias, and
-    `dvc exp show` lists the verdict. Five epochs at the demo's learning rate without replay learn the
-    task and lose the general skills: the gate refuses the variant for forgetting alone."""
-    d = demo_stack
-    client = d.client()
-    champion = client.get_model_version_by_alias(d.model, "champion").version
-    before = {v.version for v in client.search_model_versions(f"name = '{d.model}'")}
-    bin_dir = Path(sys.executable).parent  # `loraops` for the stages' commands
-    env = dict(
-        os.environ, LORAOPS_CACHE=str(SHARED_CACHE), PYTHONUNBUFFERED="1", DVC_NO_ANALYTICS="1", **d.env
-    )
-    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
-    env.pop("LORAOPS_WORKSPACE", None)
-    params = (d.ws / "params.yaml").read_text()
-    try:
-        run = subprocess.run(
-            [str(bin_dir / "dvc"), "exp", "run", "-S", "train.num_epochs=5", "-S", "train.replay_fraction=0"],
-            cwd=d.ws,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=1800,
-            check=False,
-        )
-    finally:
-        (d.ws / "params.yaml").write_text(params)  # the experiment's params stay in its git ref
-    output = run.stdout + run.stderr
-    assert run.returncode == 0, output[-4000:]
-    assert "Stage 'prepare' didn't change, skipping" in output, output[-4000:]
-    assert "Running stage 'train'" in output and "Running stage 'evaluate'" in output
-    created = {v.version for v in client.search_model_versions(f"name = '{d.model}'")} - before
-    assert len(created) == 1, created
-    version = created.pop()
-    info = client.get_model_version(d.model, version)
-    assert client.get_run(info.run_id).data.params["num_epochs"] == "5"
-    assert info.tags["gate"] == "failed"
-    decision = json.loads(d.artifact_of_version(version, "evaluation/evaluation.json").read_text())["gate"]
-    failed = {c["name"] for c in decision["checks"] if not c["passed"] and c["severity"] == "fail"}
-    assert failed == {"forgetting", "mean_forgetting"}, decision
-    assert client.get_model_version_by_alias(d.model, "champion").version == champion
-    assert "not promoted (--no-promote)" in output
-    metrics = json.loads((d.ws / "metrics" / "evaluate.json").read_text())
-    assert metrics["version"] == int(version) and metrics["gate"] == info.tags["gate"], metrics
-    assert "candidate.score" in metrics and "base.score" in metrics
-    shown = subprocess.run(
-        [str(bin_dir / "dvc"), "exp", "show", "--json"],
-        cwd=d.ws,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    ours = [
-        exp
-        for exp in _experiments(json.loads(shown.stdout))
-        if exp["params"]["params.yaml"]["data"]["train"]["num_epochs"] == 5
-    ]
-    assert len(ours) == 1, shown.stdout[-4000:]
-    verdict = ours[0]["metrics"]["metrics/evaluate.json"]["data"]
-    assert (verdict["version"], verdict["gate"]) == (int(version), info.tags["gate"])

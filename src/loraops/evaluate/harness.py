@@ -16,6 +16,7 @@ each example's result, which the paired bootstrap of the drop needs.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -116,7 +117,8 @@ def run_lm_eval(
     ``completions_url`` is the server's ``/v1/completions``. ``api="chat"`` asks through
     ``/v1/chat/completions`` instead, each question as a user turn that the server wraps in the model's
     chat template (how an instruct model is used). ``api_key`` is the server's (lm-eval sends
-    ``OPENAI_API_KEY`` as bearer token)."""
+    ``OPENAI_API_KEY`` as bearer token). ``out_dir`` is emptied first: lm-eval writes timestamped files
+    beside an earlier run's, and a re-evaluation of the same version would read both."""
     trainer = require(trainer_env())
     chat_url = completions_url.removesuffix("/completions") + "/chat/completions"
     url = chat_url if api == "chat" else completions_url
@@ -150,7 +152,8 @@ def run_lm_eval(
         cmd += ["--include_path", include_path]
     if limit is not None:
         cmd += ["--limit", str(limit)]
-    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
     run_streaming(
         cmd,
         env=trainer.environ({"OPENAI_API_KEY": api_key or "loraops"}),
