@@ -19,11 +19,14 @@ import pytest
 
 from conftest import ROOT, SMOLLM2_PARAMS, TINY_PARAMS
 from loraops.config import load_params
+from loraops.data.demo import write_demo_dataset
+from loraops.data.prepare import prepare
 from loraops.evaluate.instruct_suite import GROUP as INSTRUCT
 from loraops.evaluate.instruct_suite import SHIPPED as INSTRUCT_DIR
 from loraops.evaluate.instruct_suite import SKILLS
 from loraops.evaluate.stats import paired_difference
 from loraops.gate.params import GateParams
+from loraops.workspace import Workspace
 
 TRIALS = 500
 RESAMPLES = 1000
@@ -53,7 +56,15 @@ def gate() -> GateParams:
     return load_params(ROOT / "params.yaml").gate
 
 
-TEST_EXAMPLES = 67  # the demo's test split (800 generated tickets, 10% test, duplicates removed)
+@pytest.fixture(scope="module")
+def test_examples(tmp_path_factory: pytest.TempPathFactory) -> int:
+    """The demo's test split as `make demo` prepares it (params.yaml: its generated tickets and split,
+    duplicates removed)."""
+    params = load_params(ROOT / "params.yaml")
+    ws = Workspace(tmp_path_factory.mktemp("demo-split"))
+    write_demo_dataset(ws.root / params.data.raw, n=params.data.demo_tickets, data_format=params.data.format)
+    result = prepare(ws, params.data, tokenizer_dir=None, sequence_len=params.train.sequence_len)
+    return result.counts["test"]
 
 
 def _suite_sizes(params_file: Path) -> list[int]:
@@ -67,28 +78,28 @@ def _suite_sizes(params_file: Path) -> list[int]:
 SUITES = {"SmolLM2 (loraops_instruct)": SMOLLM2_PARAMS, "tiny (loraops_general)": TINY_PARAMS}
 
 
-def test_non_inferiority_to_the_champion(gate: GateParams) -> None:
+def test_non_inferiority_to_the_champion(gate: GateParams, test_examples: int) -> None:
     margin = gate.non_inferiority_margin
 
     def check(e):
         return e.low >= -margin
 
     # an equally good retrain (agreeing on 90% of the examples) must pass
-    false_fail = 1 - _rate(check, n=TEST_EXAMPLES, p_a=0.9, p_b=0.9, rho=0.9, seed=1)
+    false_fail = 1 - _rate(check, n=test_examples, p_a=0.9, p_b=0.9, rho=0.9, seed=1)
     # a candidate worse than the champion by exactly the margin must fail
-    false_pass = _rate(check, n=TEST_EXAMPLES, p_a=0.9 - margin, p_b=0.9, rho=0.9, seed=2)
+    false_pass = _rate(check, n=test_examples, p_a=0.9 - margin, p_b=0.9, rho=0.9, seed=2)
     assert false_fail <= 0.05, false_fail
     assert false_pass <= 0.05, false_pass
 
 
-def test_improvement_over_the_base_model(gate: GateParams) -> None:
+def test_improvement_over_the_base_model(gate: GateParams, test_examples: int) -> None:
     threshold = gate.min_gain_over_base
 
     def check(e):
         return e.low >= threshold
 
-    false_pass = _rate(check, n=TEST_EXAMPLES, p_a=0.1 + threshold, p_b=0.1, rho=0.5, seed=3)
-    false_fail = 1 - _rate(check, n=TEST_EXAMPLES, p_a=0.8, p_b=0.1, rho=0.5, seed=4)
+    false_pass = _rate(check, n=test_examples, p_a=0.1 + threshold, p_b=0.1, rho=0.5, seed=3)
+    false_fail = 1 - _rate(check, n=test_examples, p_a=0.8, p_b=0.1, rho=0.5, seed=4)
     assert false_pass <= 0.05, false_pass
     assert false_fail <= 0.05, false_fail
 
