@@ -395,65 +395,68 @@ def test_a_second_task_is_served_beside_the_first_and_each_moves_alone(
     )
     write_demo_dataset(ws2 / "data" / "raw" / "routing.jsonl", task="routing")
     up = run_cli(ws2, "up")
-    assert up.returncode == 0, (up.stdout + up.stderr)[-3000:]
-    assert "ticket-routing is not served yet" in up.stdout + up.stderr
-    retrain = run_cli(ws2, "retrain")  # (no traffic meanwhile: on 2 cores it would starve the training)
-    output = retrain.stdout + retrain.stderr
-    assert retrain.returncode == 0, output[-4000:]
-    client = d.client()
-    assert client.get_model_version(routing_model, "1").tags["gate"] == "passed"
-    assert client.get_registered_model(routing_model).tags["loraops.serving.base"] == d.base_name
-    routing_status = sync_status(d.sync, d.admin_token, routing_model)
-    assert str(routing_status["served_version"]) == "1" and routing_status["in_sync"]
-    triage_prompts = d.test_cases(8)[0]
+    try:
+        assert up.returncode == 0, (up.stdout + up.stderr)[-3000:]
+        assert "ticket-routing is not served yet" in up.stdout + up.stderr
+        retrain = run_cli(ws2, "retrain")  # (no traffic meanwhile: on 2 cores it would starve the training)
+        output = retrain.stdout + retrain.stderr
+        assert retrain.returncode == 0, output[-4000:]
+        client = d.client()
+        assert client.get_model_version(routing_model, "1").tags["gate"] == "passed"
+        assert client.get_registered_model(routing_model).tags["loraops.serving.base"] == d.base_name
+        routing_status = sync_status(d.sync, d.admin_token, routing_model)
+        assert str(routing_status["served_version"]) == "1" and routing_status["in_sync"]
+        triage_prompts = d.test_cases(8)[0]
 
-    # A second routing version (the same adapter, registered again; a person's override serves it).
-    adapter = d.artifact(client.get_model_version(routing_model, "1").run_id, "adapter")
-    register = run_cli(ws2, "register", str(adapter))
-    assert register.returncode == 0, register.stderr
-    client.set_model_version_tag(routing_model, "2", OVERRIDE_TAG, "e2e: same adapter as v1")
-    v1_canary = client.get_model_version(routing_model, "1").tags[CANARY_TAG]  # (a generic prompt's
-    client.set_model_version_tag(routing_model, "2", CANARY_TAG, v1_canary)  # answer is empty for it)
-    triage_versions = [d.client().get_model_version_by_alias(d.model, "champion").version, "1"]
-    routing_prompts = [
-        question_of(json.loads(line))
-        for line in (ws2 / "data/prepared/test.jsonl").read_text().splitlines()[:8]
-    ]
-    sync = d.sync
-    with Traffic(d, {d.model: triage_prompts, routing_model: routing_prompts}) as both:
-        for ws, model, version in (
-            (ws2, routing_model, "2"),
-            (d.ws, d.model, triage_versions[1]),
-            (ws2, routing_model, "1"),
-            (d.ws, d.model, triage_versions[0]),
-        ):
-            other = d.model if model == routing_model else routing_model
-            before = sync_status(sync, d.admin_token, other)
-            promote = run_cli(ws, "promote", version)
-            assert promote.returncode == 0, promote.stderr
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                now = sync_status(sync, d.admin_token, model)
-                if str(now.get("served_version")) == version and now.get("in_sync"):
-                    break
-                time.sleep(0.3)
-            else:
-                raise AssertionError(f"{model} v{version} not served: {now}")
-            # The other model's wanted names stay as they were (a version name its aliases left may
-            # retire meanwhile: its grace period runs on its own clock).
-            after = sync_status(sync, d.admin_token, other)
-            wanted = before["desired"]
-            assert wanted and after["desired"] == wanted, (model, version)
-            serving = after["replicas"][0]["serving"]
-            assert {n: serving.get(n) for n in wanted} == wanted, (model, version, serving)
-            both.wait_for_answers(4)  # traffic on the new version, to both names
-    assert both.failures == []
-    assert len(both.answers[d.model]) > 20 and len(both.answers[routing_model]) > 20
-    assert all(set(first_json_object(a) or {}) == TRIAGE_KEYS for a in both.answers[d.model])
-    assert all(set(first_json_object(a) or {}) == ROUTING_KEYS for a in both.answers[routing_model])
-    overview = get_json_with_token(f"{sync}/status", d.admin_token)
-    assert set(overview["models"]) == {d.model, routing_model} and overview["not_served"] == {}
-    assert d.vllm_pid() == pid, "the server was restarted"
+        # A second routing version (the same adapter, registered again; a person's override serves it).
+        adapter = d.artifact(client.get_model_version(routing_model, "1").run_id, "adapter")
+        register = run_cli(ws2, "register", str(adapter))
+        assert register.returncode == 0, register.stderr
+        client.set_model_version_tag(routing_model, "2", OVERRIDE_TAG, "e2e: same adapter as v1")
+        v1_canary = client.get_model_version(routing_model, "1").tags[CANARY_TAG]  # (a generic prompt's
+        client.set_model_version_tag(routing_model, "2", CANARY_TAG, v1_canary)  # answer is empty for it)
+        triage_versions = [d.client().get_model_version_by_alias(d.model, "champion").version, "1"]
+        routing_prompts = [
+            question_of(json.loads(line))
+            for line in (ws2 / "data/prepared/test.jsonl").read_text().splitlines()[:8]
+        ]
+        sync = d.sync
+        with Traffic(d, {d.model: triage_prompts, routing_model: routing_prompts}) as both:
+            for ws, model, version in (
+                (ws2, routing_model, "2"),
+                (d.ws, d.model, triage_versions[1]),
+                (ws2, routing_model, "1"),
+                (d.ws, d.model, triage_versions[0]),
+            ):
+                other = d.model if model == routing_model else routing_model
+                before = sync_status(sync, d.admin_token, other)
+                promote = run_cli(ws, "promote", version)
+                assert promote.returncode == 0, promote.stderr
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    now = sync_status(sync, d.admin_token, model)
+                    if str(now.get("served_version")) == version and now.get("in_sync"):
+                        break
+                    time.sleep(0.3)
+                else:
+                    raise AssertionError(f"{model} v{version} not served: {now}")
+                # The other model's wanted names stay as they were (a version name its aliases left may
+                # retire meanwhile: its grace period runs on its own clock).
+                after = sync_status(sync, d.admin_token, other)
+                wanted = before["desired"]
+                assert wanted and after["desired"] == wanted, (model, version)
+                serving = after["replicas"][0]["serving"]
+                assert {n: serving.get(n) for n in wanted} == wanted, (model, version, serving)
+                both.wait_for_answers(4)  # traffic on the new version, to both names
+        assert both.failures == []
+        assert len(both.answers[d.model]) > 20 and len(both.answers[routing_model]) > 20
+        assert all(set(first_json_object(a) or {}) == TRIAGE_KEYS for a in both.answers[d.model])
+        assert all(set(first_json_object(a) or {}) == ROUTING_KEYS for a in both.answers[routing_model])
+        overview = get_json_with_token(f"{sync}/status", d.admin_token)
+        assert set(overview["models"]) == {d.model, routing_model} and overview["not_served"] == {}
+        assert d.vllm_pid() == pid, "the server was restarted"
+    finally:
+        run_cli(ws2, "down", timeout=120)  # its Prefect worker (the first stack's services stay up)
 
 
 def zero_lora_b(adapter: Path, out: Path) -> Path:
