@@ -7,8 +7,8 @@ over-trained variant (3x the demo's learning rate, LoRA on every linear layer, n
 own answers). DVC skips the unchanged prepare stage, its train stage registers the adapter through
 loraops, its evaluate stage judges it without moving any alias. The adapter learns the triage
 task and loses general skills, so the gate refuses it for forgetting alone, and nothing is served under
-the stable name. About 5 minutes on 2 cores, most of it the server's start, training (20 steps) and the
-evaluation (12 tickets x base, RAG, adapter; 30 general questions x 2)."""
+the stable name. 5-10 minutes on 2 cores (600 s on 2026-12-07's slow machine), most of it the server's
+start, training (20 steps) and the evaluation (12 tickets x base, RAG, adapter; 30 general questions x 2)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 pytest_plugins = ["fixtures_moto", "fixtures_stack"]
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.real_model]
 MODEL = "smollm2-triage"
+TICKETS = 120
 OVER_TRAINED = [
     "train.learning_rate=0.003",
     "train.replay_fraction=0",
@@ -62,14 +63,14 @@ def test_a_dvc_experiment_of_an_over_trained_smollm2_adapter_is_refused_for_forg
             "stack": {"tracking_uri": d.mlflow, "prefect_api_url": d.prefect_api},
             "registry": {"model_name": MODEL, "experiment": MODEL},
             "schedule": {"deployment": MODEL, "cron": None},
-            "data": {"demo_tickets": 120},
+            "data": {"demo_tickets": TICKETS},
             "evaluate": {
                 "max_test_examples": 12,
                 "forgetting": {"tasks": ["loraops_instruct"], "api": "chat", "limit": 10},
             },
         },
     )
-    write_demo_dataset(ws / "data" / "raw" / "tickets.jsonl", n=120, data_format="chat")
+    write_demo_dataset(ws / "data" / "raw" / "tickets.jsonl", n=TICKETS, data_format="chat")
     bin_dir = Path(sys.executable).parent  # `loraops` for the stages' commands
     env = dict(
         os.environ, LORAOPS_CACHE=str(SHARED_CACHE), PYTHONUNBUFFERED="1", DVC_NO_ANALYTICS="1", **d.env
