@@ -441,6 +441,12 @@ def record_task(
 ) -> None:
     """The decision, the report's location and the serving canary, on the model version."""
     run = ctx.registry.attach(registered.run_id)
+    # the canary first: the serving hook warms a passed version when its gate tag is set, with this canary
+    canary = canary_from_evaluation(report, prepared.files["test"], ctx.params.evaluate)
+    ctx.registry.tag_version(
+        registered.version,
+        {"report.local": report_path, RUN_TAG: registered.run_id, CANARY_TAG: canary.to_tag()},
+    )
     record_decision(
         ctx.registry,
         registered.version,
@@ -448,11 +454,6 @@ def record_task(
         report,
         report_uri=run.artifact_uri("evaluation/report.html"),
         cost=facts.cost_summary,
-    )
-    canary = canary_from_evaluation(report, prepared.files["test"], ctx.params.evaluate)
-    ctx.registry.tag_version(
-        registered.version,
-        {"report.local": report_path, RUN_TAG: registered.run_id, CANARY_TAG: canary.to_tag()},
     )
 
 

@@ -413,6 +413,32 @@ def test_inplace_swap(server: VllmClient, tiny_model, references):
 
 @pytest.mark.e2e
 @pytest.mark.slow
+def test_a_name_moved_to_a_served_directory_shares_its_adapter(
+    server: VllmClient, tiny_model, references, tmp_path: Path
+):
+    """How an alias moves to a warm version: the stable name takes the version name's adapter id, with no
+    load, and keeps it when the version name is unloaded."""
+    _, (served_a, b) = tiny_model
+    a = shutil.copytree(served_a, tmp_path / "v1")  # a directory only the version name serves
+    inplace = VllmClient(server.base_url, swap="inplace", api_key=API_KEY, admin_token=ADMIN_TOKEN)
+    inplace.load_adapter("shared-v1", a)
+    inplace.load_adapter("shared-stable", b)
+    status, text = inplace._request(
+        "POST",
+        "/v1/load_lora_adapter",
+        {"lora_name": "shared-stable", "lora_path": str(a), "load_inplace": True},
+    )
+    assert status == 200 and "now shares 'shared-v1'" in text
+    assert server.served_path("shared-stable") == str(a)
+    assert complete(server, "shared-stable") == references["a"]
+    server.unload_adapter("shared-v1")
+    assert complete(server, "shared-stable") == references["a"]
+    inplace.load_adapter("shared-stable", b)  # a directory no other name serves: loaded under a fresh id
+    assert complete(server, "shared-stable") == references["b"]
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_chat_by_stable_name(server: VllmClient, tiny_model, references):
     _, (a, _) = tiny_model
     server.load_adapter("chat-name", a)

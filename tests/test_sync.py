@@ -31,7 +31,9 @@ from loraops.serving.policy import (
 from loraops.serving.sync import (
     AliasEvent,
     DeliveryLog,
+    TagEvent,
     parse_alias_event,
+    parse_tag_event,
     sign,
     verify_signature,
 )
@@ -101,6 +103,22 @@ def test_parse_alias_event():
         b"\xff",
     ):
         assert parse_alias_event(junk) is None
+
+
+def test_parse_tag_event():
+    doc = {
+        "entity": "model_version_tag",
+        "action": "set",
+        "data": {"name": "support-triage", "version": "4", "key": "gate", "value": "passed"},
+    }
+    assert parse_tag_event(json.dumps(doc).encode()) == TagEvent("support-triage", "4", "gate", "passed")
+    assert parse_tag_event(BODY) is None  # an alias event
+    deleted = {**doc, "action": "deleted"}
+    assert parse_tag_event(json.dumps(deleted).encode()) is None
+    no_key = {**doc, "data": {"name": "support-triage", "version": "4", "value": "passed"}}
+    assert parse_tag_event(json.dumps(no_key).encode()) is None
+    for junk in (b"", b"[]", b"\xff"):
+        assert parse_tag_event(junk) is None
 
 
 def test_a_delivery_id_is_accepted_once_while_its_signature_could_be_replayed():

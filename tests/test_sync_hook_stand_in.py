@@ -71,6 +71,7 @@ class RecordingBackend:
         self.loads: list[tuple[str, str]] = []
         self.unloads: list[str] = []
         self.answers: dict[str, str] = {}
+        self.asked: list[str] = []  # the names asked (canaries), in order
         self.fail_with: Exception | None = None
         self.failed_attempts = 0
 
@@ -91,6 +92,7 @@ class RecordingBackend:
         return dict(self.served)
 
     def complete(self, name: str, request: Any, max_tokens: int) -> str:
+        self.asked.append(name)
         return self.answers.get(self.served[name], "hello there")
 
 
@@ -179,6 +181,21 @@ def _answers(url: str) -> bool:
 @pytest.fixture
 def hook(setup: Setup) -> Iterator[RunningHook]:
     """The hook's HTTP service, registered as the MLflow webhook; removed afterwards."""
+    yield from running_hook(setup)
+
+
+@pytest.fixture
+def warm_setup(mlflow_server: MlflowServer, tmp_path: Path) -> Setup:
+    """A hook that keeps one idle servable version warm."""
+    return new_setup(mlflow_server, tmp_path, warm_versions=1)
+
+
+@pytest.fixture
+def warm_hook(warm_setup: Setup) -> Iterator[RunningHook]:
+    yield from running_hook(warm_setup)
+
+
+def running_hook(setup: Setup) -> Iterator[RunningHook]:
     state = HookState(ServingHook.single(setup.sync), SECRET, TOKEN)
     base, stop = serve_in_thread(state)
     url = base + "/hooks/mlflow"
@@ -277,6 +294,75 @@ def test_alias_moves_are_delivered_and_served(setup: Setup, hook: RunningHook):
     metrics = urllib.request.urlopen(f"{hook.base}/metrics", timeout=5).read().decode()  # noqa: S310
     assert f'loraops_sync_swaps_total{{alias="champion",model="{name}"}} 3.0' in metrics
     assert "loraops_sync_swap_seconds_count" in metrics and "loraops_sync_reconcile_lag_seconds" in metrics
+
+
+def test_a_version_the_gate_passes_is_warmed_and_moving_the_alias_to_it_only_switches_the_name(
+    warm_setup: Setup, warm_hook: RunningHook
+):
+    setup, name = warm_setup, warm_setup.name
+    v1, v2 = setup.register("one"), setup.register("two", gate=None)
+    setup.registry.set_champion(v1)
+    wait_for(lambda: setup.serves() == v1)
+    assert setup.serves(f"{name}-v{v2}") is None
+
+    setup.registry.tag_version(v2, {"gate": "passed"})  # what the gate records: the webhook warms v2
+    wait_for(lambda: setup.serves(f"{name}-v{v2}") == v2)
+    assert setup.serves() == v1
+    assert setup.backend.asked == [f"{name}-v{v1}", f"{name}-v{v2}"]  # its canary, before any move
+    wait_for(
+        lambda: (
+            get_json(f"{warm_hook.base}/status?model={name}")["warm"] == [f"{name}-v{v1}", f"{name}-v{v2}"]
+        )
+    )
+
+    for version in (v2, v1):  # the promotion, then the rollback: each only moves the stable name
+        loads = len(setup.backend.loads)
+        setup.registry.set_champion(version)
+        wait_for(lambda version=version: setup.serves() == version)
+        assert setup.backend.loads[loads:] == [(name, str(setup.sync.version_dir(version)))]
+    assert setup.backend.asked == [f"{name}-v{v1}", f"{name}-v{v2}"]  # no canary asked again
+    assert setup.backend.unloads == []
+
+
+def test_warm_versions_are_bounded_least_recently_used_first_and_only_servable_ones(
+    mlflow_server: MlflowServer, tmp_path: Path
+):
+    setup = new_setup(mlflow_server, tmp_path, warm_versions=1, grace_s=0.0)
+    name = setup.name
+    v1, v2, v3 = setup.register("one"), setup.register("two"), setup.register("three")
+    refused, unjudged = setup.register("refused", gate="failed"), setup.register("unjudged", gate=None)
+    broken = setup.register("broken")
+    setup.registry.tag_version(broken, {CANARY_TAG: Canary("Ticket: refund", regex=r"\{.*\}").to_tag()})
+    setup.backend.answers[str(setup.sync.version_dir(broken))] = "no JSON here"
+    setup.registry.set_champion(v1)
+    setup.sync.reconcile()
+
+    for version in (refused, unjudged):
+        result = setup.sync.warm(version)
+        assert result.action == "ignored" and "gate" in result.details[0]
+        assert setup.serves(f"{name}-v{version}") is None
+    assert setup.sync.warm(broken).action == "refused"
+    assert "not warmed (canary)" in setup.registry.get_version(broken).tags[REFUSED_TAG]
+    assert broken not in [n.rsplit("-v", 1)[1] for n in setup.sync.warm_names()]
+
+    assert setup.sync.warm(v2).action == "loaded"
+    assert setup.sync.warm(v3).action == "loaded"
+    # one idle version stays warm: v2, the least recently used, left; v1 is the champion's
+    assert setup.sync.warm_names() == [f"{name}-v{v1}", f"{name}-v{v3}"]
+    setup.sync.reconcile()  # no grace here: names that are neither wanted nor warm are unloaded
+    assert setup.serves(f"{name}-v{v2}") is None and setup.serves(f"{name}-v{v3}") == v3
+    assert setup.serves(f"{name}-v{broken}") is None
+
+    setup.registry.set_champion(broken)  # its canary failed when warming: refused without asking again
+    asked = len(setup.backend.asked)
+    assert setup.sync.reconcile().action == "refused" and setup.serves() == v1
+    assert len(setup.backend.asked) == asked
+
+    # a canary recorded after the warm-up (the greeting passed) is asked before the version serves
+    setup.registry.tag_version(v3, {CANARY_TAG: Canary("Ticket: refund", regex=r"\{.*\}").to_tag()})
+    setup.registry.set_champion(v3)
+    assert setup.sync.reconcile().action == "refused" and setup.serves() == v1
+    assert setup.backend.asked[asked:] == [f"{name}-v{v3}"]
 
 
 def test_status_and_reconcile_need_the_token(setup: Setup, hook: RunningHook):

@@ -33,7 +33,8 @@ WEBHOOK_NAME = "loraops-alias-sync"
 HISTORY_TAG = "loraops.history."  # + alias: JSON list of the versions it served, oldest first
 SERVED_ON_TAG = "loraops.serving.base"  # the base model's served name: the stacks that serve this model
 SERVED_ALIASES_TAG = "loraops.serving.aliases"  # JSON list, champion first: the names the stack serves
-WEBHOOK_EVENTS = ["model_version_alias.created", "model_version_alias.deleted"]
+# alias moves are served; a gate or override tag warms the version before any alias points at it
+WEBHOOK_EVENTS = ["model_version_alias.created", "model_version_alias.deleted", "model_version_tag.set"]
 # MLflow's log_batch limits per request.
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_METRICS_PER_BATCH = 1000
@@ -459,7 +460,7 @@ class Registry:
     # -- webhooks ---------------------------------------------------------------------------------------
 
     def ensure_webhook(self, url: str, secret: str) -> None:
-        """Exactly one active webhook for ``url`` on alias creation, signed with ``secret``.
+        """Exactly one active webhook for ``url`` on alias moves and version tags, signed with ``secret``.
 
         The secret cannot be read back from MLflow, so an existing webhook gets it set again.
         """

@@ -10,10 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 # vLLM refuses any other --max-lora-rank at start-up.
 ALLOWED_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
-# What the stack keeps loaded per registered model: the stable name and the version name of champion and
-# challenger (each name is its own adapter in vLLM), a version name retiring after a move, and a version
-# being evaluated.
-ADAPTERS_PER_MODEL = 6
+# What the stack keeps loaded per registered model besides its warm versions: the versions of champion and
+# challenger (a stable name shares its version name's adapter), a version name retiring after a move, and
+# a version being evaluated.
+ADAPTERS_PER_MODEL = 4
 
 # Flags that vllm_service_spec sets from the fields below; extra_args must not set them a second time.
 MANAGED_FLAGS = {
@@ -70,9 +70,19 @@ class ServingParams(BaseModel):
     max_cpu_loras: int | None = Field(
         default=None,
         ge=1,
-        description=f"Adapters vLLM keeps loaded in host memory. Unset: {ADAPTERS_PER_MODEL} x max_models "
-        "(champion and challenger under their stable and version names, a retiring version, one being "
-        "evaluated). Fewer makes vLLM evict adapters and re-read them from disk.",
+        description="Adapters vLLM keeps loaded in host memory. Unset: "
+        f"({ADAPTERS_PER_MODEL} + warm_versions) x max_models (champion and challenger, a retiring version, "
+        "one being evaluated, the warm versions). Fewer makes vLLM evict adapters and re-read them from "
+        "disk.",
+    )
+    warm_versions: int = Field(
+        default=2,
+        ge=0,
+        le=16,
+        description="Versions per model that may be served (gate passed, or a person's override) and that "
+        "no alias points at, kept loaded under <model>-v<N> with their canary checked, least recently used "
+        "out. The hook warms a version when its decision is recorded, so moving an alias to it (a "
+        "promotion, a rollback in the MLflow UI) only switches the stable name. 0: load at the move.",
     )
     max_model_len: int = Field(
         default=512,
@@ -129,7 +139,11 @@ class ServingParams(BaseModel):
     def lora_slots(self) -> tuple[int, int]:
         """``(--max-loras, --max-cpu-loras)``: what is set, else sized from ``max_models``."""
         max_loras = self.max_loras or 2 * self.max_models
-        return max_loras, self.max_cpu_loras or max(ADAPTERS_PER_MODEL * self.max_models, max_loras)
+        return max_loras, self.max_cpu_loras or max(self.adapters_per_model() * self.max_models, max_loras)
+
+    def adapters_per_model(self) -> int:
+        """Adapters the stack keeps loaded per registered model, its warm versions included."""
+        return ADAPTERS_PER_MODEL + self.warm_versions
 
     @model_validator(mode="after")
     def _adapters_fit(self) -> ServingParams:
@@ -140,14 +154,15 @@ class ServingParams(BaseModel):
                 f"(max_models) in a batch, so requests to some would queue behind the others: set max_loras "
                 f">= {self.max_models} or leave it unset (2 x max_models = {2 * self.max_models})"
             )
-        needed = ADAPTERS_PER_MODEL * self.max_models
+        per_model = self.adapters_per_model()
+        needed = per_model * self.max_models
         if max_cpu_loras < needed:
             raise ValueError(
                 f"max_cpu_loras {max_cpu_loras} is fewer than the {needed} adapters the stack keeps loaded "
-                f"for {self.max_models} models ({ADAPTERS_PER_MODEL} each: champion and challenger under "
-                "their stable and version names, a retiring version, one being evaluated); vLLM would evict "
-                f"and re-read adapters from disk: set max_cpu_loras >= {needed}, lower max_models, or leave "
-                "it unset"
+                f"for {self.max_models} models ({per_model} each: champion and challenger, a retiring "
+                f"version, one being evaluated, {self.warm_versions} warm versions); vLLM would evict and "
+                f"re-read adapters from disk: set max_cpu_loras >= {needed}, lower max_models or "
+                "warm_versions, or leave it unset"
             )
         if max_cpu_loras < max_loras:
             raise ValueError(f"max_cpu_loras {max_cpu_loras} must be >= max_loras {max_loras} (vLLM's rule)")

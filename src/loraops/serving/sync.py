@@ -44,7 +44,11 @@ from loraops.files import read_or_create_secret
 from loraops.services import ServiceSpec, http_url
 from loraops.serving.names import HostedModel, stable_name, version_dir, version_name
 from loraops.serving.policy import (
+    CANARY_TAG,
+    GATE_TAG,
+    OVERRIDE_TAG,
     REFUSED_TAG,
+    Canary,
     canary_of,
     serve_permission,
 )
@@ -150,6 +154,32 @@ def parse_alias_event(body: bytes) -> AliasEvent | None:
     return AliasEvent(name=name, alias=alias, version=version, action=action)
 
 
+@dataclass(frozen=True)
+class TagEvent:
+    name: str
+    version: str
+    key: str
+    value: str
+
+
+def parse_tag_event(body: bytes) -> TagEvent | None:
+    """The model-version tag set event in an MLflow webhook body, or None for anything else."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(doc, dict) or doc.get("entity") != "model_version_tag" or doc.get("action") != "set":
+        return None
+    data = doc.get("data")
+    if not isinstance(data, dict):
+        return None
+    fields = [data.get(k) for k in ("name", "version", "key")]
+    if not all(isinstance(f, str | int) and str(f) for f in fields):
+        return None
+    name, version, key = (str(f) for f in fields)
+    return TagEvent(name=name, version=version, key=key, value=str(data.get("value") or ""))
+
+
 Action = Literal["loaded", "unchanged", "ignored", "no-target", "refused", "failed"]
 _RANK: dict[str, int] = {"failed": 5, "refused": 4, "loaded": 3, "unchanged": 2, "no-target": 1, "ignored": 0}
 
@@ -188,6 +218,8 @@ class AdapterSource(Protocol):
     """What the hook needs from the registry (``loraops.registry.tracking.Registry``)."""
 
     def version_by_alias(self, alias: str) -> ModelVersionInfo | None: ...
+
+    def get_version(self, version: str) -> ModelVersionInfo: ...
 
     def download_adapter(self, version: str, dest: Path) -> Path: ...
 
@@ -283,6 +315,7 @@ class ModelSync:
         champion_alias: str = "champion",
         aliases: Sequence[str] = ("champion", "challenger"),
         grace_s: float = 300.0,
+        warm_versions: int = 0,
         metrics: SyncMetrics | None = None,
         clock: Callable[[], str] = _utc_now,
     ) -> None:
@@ -295,6 +328,7 @@ class ModelSync:
         self.adapters_dir = adapters_dir.resolve()
         self.model_dir = self.adapters_dir / model_name
         self.grace_s = grace_s
+        self.warm_versions = warm_versions
         self.metrics = metrics or SyncMetrics()
         self._clock = clock
         self._lock = threading.Lock()  # one reconcile at a time
@@ -306,6 +340,10 @@ class ModelSync:
         self.refusals: dict[str, Refusal] = {}  # alias -> the refusal standing for it
         self._refused_keys: set[tuple[str, str, str]] = set()  # (version, kind, reason) already recorded
         self._canary_failed: dict[str, str] = {}  # version -> why (the adapter never changes)
+        self._canary_passed: set[tuple[str, str, str]] = (
+            set()
+        )  # (replica, adapter dir, canary) since its load
+        self._warm: dict[str, None] = {}  # versions kept loaded under their version names, oldest first
         self._unwanted_since: dict[str, float] = {}  # served version name -> when no alias wanted it
         self._history_last: dict[str, str] = {}  # alias -> the last version written to its history
         self._drift_since: float | None = None
@@ -349,6 +387,7 @@ class ModelSync:
                 actions += done
                 if _RANK[state] > _RANK[outcome]:
                     outcome = state
+            self._trim_warm(desired)
             self._retire_version_names(served, desired)
             self._prune(served, desired)
             if errors:
@@ -418,24 +457,18 @@ class ModelSync:
         if version in self._canary_failed:
             self._refuse(alias, version, "canary", self._canary_failed[version])
             return [], "refused"
-        if not _is_adapter(dest):
-            self.registry.download_adapter(version, dest)
-        if not _is_adapter(dest):
-            raise ValueError(f"version {version} has no {ADAPTER_MARKER}: not a LoRA adapter")
+        self._download(version, dest)
         canary = canary_of(target.tags)
         done: list[str] = []
         for i in todo:
             replica = self.replicas[i]
             started = time.monotonic()
-            if served[i].get(vname) != str(dest):
-                replica.load_adapter(vname, str(dest))
-                served[i][vname] = str(dest)
-            problem = canary.problem(replica.complete(vname, canary.request, canary.max_tokens))
+            problem = self._load_checked(replica, served[i], vname, dest, canary)
             if problem is not None:
                 self._canary_failed[version] = problem
                 self._refuse(alias, version, "canary", problem)
                 return done, "refused"
-            replica.load_adapter(stable, str(dest))
+            replica.load_adapter(stable, str(dest))  # a warm version: the stable name shares its id
             after = replica.adapters().get(stable)
             if after != str(dest):
                 raise RuntimeError(f"{replica.base_url} reports {after!r} for {stable} after loading {dest}")
@@ -446,7 +479,97 @@ class ModelSync:
         self.refusals.pop(alias, None)
         desired[stable] = desired[vname] = str(dest)
         self._note_served(alias, version)
+        self._keep_warm(version)
         return done, "loaded"
+
+    def _download(self, version: str, dest: Path) -> None:
+        if not _is_adapter(dest):
+            self.registry.download_adapter(version, dest)
+        if not _is_adapter(dest):
+            raise ValueError(f"version {version} has no {ADAPTER_MARKER}: not a LoRA adapter")
+
+    def _load_checked(
+        self, replica: ServingBackend, names: dict[str, str], vname: str, dest: Path, canary: Canary
+    ) -> str | None:
+        """Serve ``dest`` as ``vname`` on ``replica`` (``names``: what it serves, updated) and check the
+        canary unless it passed there since that load. None when it is ready, else the canary's problem."""
+        key = (replica.base_url, str(dest), canary.to_tag())
+        if names.get(vname) != str(dest):
+            self._canary_passed = {k for k in self._canary_passed if k[:2] != key[:2]}
+            replica.load_adapter(vname, str(dest))
+            names[vname] = str(dest)
+        if key in self._canary_passed:
+            return None
+        problem = canary.problem(replica.complete(vname, canary.request, canary.max_tokens))
+        if problem is None:
+            self._canary_passed.add(key)
+        return problem
+
+    # -- warm versions -----------------------------------------------------------------------------------
+
+    def warm(self, version: str, trigger: str = "warm") -> SyncResult:
+        """Load a version that may be served (gate passed, or a person's override) under its version name
+        on every replica and check its canary now, so that moving an alias to it later only switches the
+        stable name to an adapter already loaded. At most ``warm_versions`` versions that no alias points
+        at stay warm, the least recently used leave first."""
+        if self.warm_versions <= 0:
+            return SyncResult("ignored", self._clock(), trigger, version, details=("warm_versions is 0",))
+        with self._lock:
+            try:
+                info = self.registry.get_version(version)
+                permission = serve_permission(info.tags)
+                if not permission.allowed:
+                    return SyncResult(
+                        "ignored", self._clock(), trigger, version, details=(permission.reason,)
+                    )
+                if version in self._canary_failed:
+                    return SyncResult(
+                        "refused", self._clock(), trigger, version, details=(self._canary_failed[version],)
+                    )
+                dest = self.version_dir(version)
+                self._download(version, dest)
+            except Exception as exc:  # not recorded as the serving state: nothing served changed
+                return SyncResult("failed", self._clock(), trigger, version, error=_describe(exc))
+            vname = version_name(self.model_name, version)
+            canary = canary_of(info.tags)
+            errors: list[str] = []
+            for replica in self.replicas:
+                try:
+                    problem = self._load_checked(replica, replica.adapters(), vname, dest, canary)
+                except Exception as exc:
+                    errors.append(f"{replica.base_url}: {_describe(exc)}")
+                    continue
+                if problem is not None:
+                    self._canary_failed[version] = problem
+                    self._tag_refusal(version, f"{self._clock()}: not warmed (canary): {problem}")
+                    return SyncResult(
+                        "refused", self._clock(), trigger, version, str(dest), details=(problem,)
+                    )
+            if errors:
+                return SyncResult("failed", self._clock(), trigger, version, str(dest), "; ".join(errors))
+            self._keep_warm(version)
+            with self._state_lock:
+                self._trim_warm(self.desired)
+            return SyncResult(
+                "loaded", self._clock(), trigger, version, str(dest), details=(f"{vname} warm",)
+            )
+
+    def warm_names(self) -> list[str]:
+        """The version names kept warm, most recently used last."""
+        return [version_name(self.model_name, v) for v in self._warm]
+
+    def _keep_warm(self, version: str) -> None:
+        if self.warm_versions > 0:
+            self._warm.pop(version, None)
+            self._warm[version] = None
+
+    def _trim_warm(self, desired: dict[str, str]) -> None:
+        """Forget the least recently used warm versions past ``warm_versions`` among those no alias wants
+        (their names then retire like any other version name)."""
+        wanted = {_version_of(p) for p in desired.values()}
+        idle = [v for v in self._warm if v not in wanted]
+        for version in idle[: max(0, len(idle) - self.warm_versions)]:
+            del self._warm[version]
 
     def _note_served(self, alias: str, version: str) -> None:
         """Append ``version`` to the alias history on the registered model (what ``loraops rollback``
@@ -468,7 +591,9 @@ class ModelSync:
         self._refused_keys.add(key)
         self.metrics.refusals.labels(self.model_name, alias, kind).inc()
         stable = self.stable_name(alias)
-        text = f"{refusal.at}: not served as {stable!r} ({kind}): {reason}"
+        self._tag_refusal(version, f"{refusal.at}: not served as {stable!r} ({kind}): {reason}")
+
+    def _tag_refusal(self, version: str, text: str) -> None:
         try:
             self.registry.tag_version(version, {REFUSED_TAG: text[:5000]})
         except Exception as exc:  # the refusal stands; the tag is retried on the next new refusal
@@ -480,9 +605,14 @@ class ModelSync:
         prefix = f"{self.model_name}-v"
         now = time.monotonic()
         unwanted: set[str] = set()
+        warm = set(self.warm_names())
         for i, names in served.items():
             for name in list(names):
-                if name in desired or not (name.startswith(prefix) and name[len(prefix) :].isdigit()):
+                if (
+                    name in desired
+                    or name in warm
+                    or not (name.startswith(prefix) and name[len(prefix) :].isdigit())
+                ):
                     continue
                 unwanted.add(name)
                 if now - self._unwanted_since.setdefault(name, now) >= self.grace_s:
@@ -572,6 +702,7 @@ class ModelSync:
                 for alias in self.aliases
             },
             "desired": {n: _version_of(p) for n, p in sorted(desired.items())},
+            "warm": self.warm_names(),
             "replicas": replicas,
             "in_sync": bool(replicas) and all(r["in_sync"] for r in replicas),
             "served_version": first.get(stable),
@@ -715,6 +846,17 @@ class ServingHook:
             )
         return sync.handle(event)
 
+    def warm(self, event: TagEvent) -> SyncResult:
+        """Warm the version whose serving decision (gate or override tag) or canary was just recorded."""
+        trigger = f"webhook {event.name} v{event.version} {event.key}={event.value[:40]}"
+        sync = self.syncs.get(event.name)
+        if sync is None:
+            self.discover()
+            sync = self.syncs.get(event.name)
+        if sync is None or event.key not in (GATE_TAG, OVERRIDE_TAG, CANARY_TAG):
+            return SyncResult("ignored", _utc_now(), trigger, event.version)
+        return sync.warm(event.version, trigger=trigger)
+
     def drifted(self) -> list[ModelSync]:
         """The followed models whose replicas drifted from their last reconcile."""
         return [sync for sync in list(self.syncs.values()) if sync.drifted()]
@@ -762,6 +904,12 @@ class HookState:
         if sync is None:
             return None
         return {**sync.status(), **extra}
+
+
+def _warm_logged(hook: ServingHook, event: TagEvent) -> None:
+    result = hook.warm(event)
+    if result.action != "ignored":
+        sys.stderr.write(f"{result.at} warm {event.name} v{event.version}: {json.dumps(result.to_dict())}\n")
 
 
 def _authorized(headers: Any, token: str) -> bool:
@@ -859,8 +1007,13 @@ def build_app(state: HookState) -> Any:
         state.count("accepted")
         event = parse_alias_event(body)
         if event is None:
+            tag = parse_tag_event(body)
             state.deliveries.remember(delivery, time.time())
-            return JSONResponse({"action": "ignored", "reason": "not a model_version_alias event"})
+            if tag is None:
+                return JSONResponse({"action": "ignored", "reason": "not an alias or version tag event"})
+            # answered at once: warming takes a canary's time, and MLflow needs no result of it
+            threading.Thread(target=_warm_logged, args=(state.hook, tag), daemon=True).start()
+            return JSONResponse({"action": "accepted", "reason": f"warming v{tag.version} if it may serve"})
         # 500 on failure: MLflow retries (same delivery id), and the delivery shows as failed in its log.
         result = await run_in_threadpool(state.hook.handle, event)
         if result.ok:
@@ -926,6 +1079,7 @@ def sync_service_spec(
     reconcile_interval_s: float = 30.0,
     watch_interval_s: float = 2.0,
     grace_s: float = 300.0,
+    warm_versions: int = 0,
     max_lora_rank: int | None = None,
     swap: Literal["inplace", "reload"] = "inplace",
     webhook_url: str | None = None,
@@ -949,6 +1103,7 @@ def sync_service_spec(
         "--reconcile-interval", str(reconcile_interval_s),
         "--watch-interval", str(watch_interval_s),
         "--grace", str(grace_s),
+        "--warm-versions", str(warm_versions),
         "--swap", swap,
         "--webhook-url", webhook_url or hook_url(host, port),
     ]  # fmt: skip
@@ -1076,6 +1231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reconcile-interval", type=float, default=30.0, help="seconds; 0 turns it off")
     parser.add_argument("--watch-interval", type=float, default=2.0, help="seconds between drift checks")
     parser.add_argument("--grace", type=float, default=300.0, help="seconds a retired version name stays")
+    parser.add_argument(
+        "--warm-versions", type=int, default=0, help="servable versions kept loaded and checked per model"
+    )
     parser.add_argument("--max-lora-rank", type=int, default=None, help="the vLLM server's --max-lora-rank")
     parser.add_argument("--swap", choices=["inplace", "reload"], default="inplace")
     parser.add_argument(
@@ -1118,6 +1276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             champion_alias=model.champion_alias,
             aliases=model.aliases,
             grace_s=args.grace,
+            warm_versions=args.warm_versions,
             metrics=metrics,
         )
 

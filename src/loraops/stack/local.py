@@ -247,6 +247,7 @@ def up(
             adapters_dir=ws.serving_adapters,
             max_lora_rank=params.serving.max_lora_rank,
             swap=params.serving.swap,
+            warm_versions=params.serving.warm_versions,
         )
     )
     converge(urls, creds, params.registry.model_name, on_event)
