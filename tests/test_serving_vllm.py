@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import array
 import json
+import os
 import shutil
 import struct
 import threading
@@ -114,6 +115,14 @@ def test_server_args_on_cpu():
     env = server_env_vars(p, "cpu")
     assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    # every core for the compute threads, none kept back for vLLM's scheduler (its "auto" on 2 cores: 1)
+    cores = sorted(os.sched_getaffinity(0))
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == ",".join(map(str, cores))
+    assert env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in server_env_vars(ServingParams(cpu_threads_bind="auto"), "cpu")
+    assert server_env_vars(ServingParams(cpu_threads_bind="0-3"), "cpu")["VLLM_CPU_OMP_THREADS_BIND"] == "0-3"
+    with pytest.raises(ValidationError, match="cpu_threads_bind"):
+        ServingParams(cpu_threads_bind="all cores")
 
 
 def test_server_args_on_cuda_drop_cpu_only_settings():
@@ -123,6 +132,7 @@ def test_server_args_on_cuda_drop_cpu_only_settings():
     assert _flag(args, "--dtype") == "bfloat16"
     assert "--enable-prefix-caching" in args
     assert "VLLM_CPU_KVCACHE_SPACE" not in server_env_vars(p, "cuda")
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in server_env_vars(p, "cuda")
 
 
 def test_extra_args_come_last():

@@ -97,6 +97,15 @@ class ServingParams(BaseModel):
     kv_cache_gib: int = Field(
         default=1, ge=1, description="KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE, GiB)."
     )
+    cpu_threads_bind: str = Field(
+        default="all",
+        pattern=r"^(all|auto|nobind|[0-9][0-9,\-|]*)$",
+        description="Cores of vllm-cpu's compute threads (VLLM_CPU_OMP_THREADS_BIND). all: every core this "
+        "process may use, none reserved (on 2 cores 1.4-1.5x the tokens/s of auto, measured 2026-12-07 "
+        "with SmolLM2 at 1-16 concurrent requests); auto: vLLM's own, which keeps one core per rank for "
+        "its scheduler and is NUMA aware (better on large multi-socket hosts); or vLLM's core list, e.g. "
+        "0-15. Ignored on GPUs.",
+    )
     enable_prefix_caching: bool = Field(
         default=False,
         description="Reuse KV blocks of shared prompt prefixes. vLLM keys cached blocks by adapter name and "

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 import urllib.error
@@ -102,7 +103,19 @@ def server_env_vars(params: ServingParams, device: Device) -> dict[str, str]:
     }
     if device == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(params.kv_cache_gib)
+        env.update(cpu_thread_vars(params.cpu_threads_bind))
     return env
+
+
+def cpu_thread_vars(bind: str) -> dict[str, str]:
+    """vllm-cpu's thread binding for ``serving.cpu_threads_bind`` (``all``: every core we may use, none
+    kept back for vLLM's scheduler, which on a small host idles while it waits on the compute threads)."""
+    if bind == "auto":
+        return {}
+    if bind == "all":
+        cores = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+        return {"VLLM_CPU_OMP_THREADS_BIND": cores, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    return {"VLLM_CPU_OMP_THREADS_BIND": bind}
 
 
 def vllm_service_spec(
