@@ -121,6 +121,10 @@ def test_server_args_on_cpu():
     assert env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
     assert "VLLM_CPU_OMP_THREADS_BIND" not in server_env_vars(ServingParams(cpu_threads_bind="auto"), "cpu")
     assert server_env_vars(ServingParams(cpu_threads_bind="0-3"), "cpu")["VLLM_CPU_OMP_THREADS_BIND"] == "0-3"
+    two = ServingParams(replicas=2)
+    per_replica = [server_env_vars(two, "cpu", i)["VLLM_CPU_OMP_THREADS_BIND"] for i in range(2)]
+    if len(cores) >= 2:  # each replica its own cores
+        assert per_replica == [",".join(map(str, cores[0::2])), ",".join(map(str, cores[1::2]))]
     with pytest.raises(ValidationError, match="cpu_threads_bind"):
         ServingParams(cpu_threads_bind="all cores")
 

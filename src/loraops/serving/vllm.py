@@ -95,7 +95,7 @@ def server_args(
     return args + list(params.extra_args)
 
 
-def server_env_vars(params: ServingParams, device: Device) -> dict[str, str]:
+def server_env_vars(params: ServingParams, device: Device, replica: int = 0) -> dict[str, str]:
     env = {
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
         "VLLM_NO_USAGE_STATS": "1",
@@ -103,18 +103,21 @@ def server_env_vars(params: ServingParams, device: Device) -> dict[str, str]:
     }
     if device == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(params.kv_cache_gib)
-        env.update(cpu_thread_vars(params.cpu_threads_bind))
+        env.update(cpu_thread_vars(params.cpu_threads_bind, replica, params.replicas))
     return env
 
 
-def cpu_thread_vars(bind: str) -> dict[str, str]:
-    """vllm-cpu's thread binding for ``serving.cpu_threads_bind`` (``all``: every core we may use, none
-    kept back for vLLM's scheduler, which on a small host idles while it waits on the compute threads)."""
+def cpu_thread_vars(bind: str, replica: int = 0, replicas: int = 1) -> dict[str, str]:
+    """vllm-cpu's thread binding for ``serving.cpu_threads_bind``. ``all``: the cores we may use, none
+    kept back for vLLM's scheduler (on a small host it idles while it waits on the compute threads),
+    shared out among the replicas of this host so that no two bind the same core (busy compute threads
+    on one core slow each other down)."""
     if bind == "auto":
         return {}
     if bind == "all":
-        cores = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
-        return {"VLLM_CPU_OMP_THREADS_BIND": cores, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+        cores = sorted(os.sched_getaffinity(0))
+        mine = cores[replica % len(cores) :: replicas] if replicas > 1 else cores
+        return {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, mine)), "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
     return {"VLLM_CPU_OMP_THREADS_BIND": bind}
 
 
@@ -136,7 +139,7 @@ def vllm_service_spec(
     """
     env = require(server_env())
     device = detect_device(env) if params.device == "auto" else params.device
-    variables = server_env_vars(params, device)
+    variables = server_env_vars(params, device, replica)
     if api_key:
         variables["VLLM_API_KEY"] = api_key  # in the environment, not on the command line (ps shows that)
     variables[ADMIN_TOKEN_FILE_ENV] = str(admin_token_file.resolve()) if admin_token_file else ""
