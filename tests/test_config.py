@@ -107,13 +107,15 @@ def test_replay_with_a_real_model_takes_a_file_or_the_models_own_answers(tmp_pat
 
 def test_lora_slots_are_sized_from_the_models_served(tmp_path: Path):
     served = load_params(_write(tmp_path, "serving:\n  max_models: 3\n")).serving
-    assert served.lora_slots() == (6, 18)  # 2 x models in a batch, 6 x models loaded
+    assert served.lora_slots() == (6, 24)  # 2 x models in a batch, (6 + 2 warm) x models loaded
     with pytest.raises(ConfigError, match=rf"{tmp_path}/params.yaml:1: serving: max_loras 2 cannot hold"):
         load_params(_write(tmp_path, "serving:\n  max_models: 3\n  max_loras: 2\n"))
-    with pytest.raises(ConfigError, match=r"max_cpu_loras 8 is fewer than the 12 adapters"):
+    with pytest.raises(ConfigError, match=r"max_cpu_loras 8 is fewer than the 16 adapters"):
         load_params(_write(tmp_path, "serving:\n  max_cpu_loras: 8\n"))
     explicit = load_params(_write(tmp_path, "serving:\n  max_models: 1\n  max_loras: 4\n")).serving
-    assert explicit.lora_slots() == (4, 6)
+    assert explicit.lora_slots() == (4, 8)
+    unwarmed = load_params(_write(tmp_path, "serving:\n  max_models: 1\n  warm_versions: 0\n")).serving
+    assert unwarmed.lora_slots() == (2, 6)
 
 
 def test_a_shared_stack_needs_its_registry_and_its_secrets(tmp_path: Path):

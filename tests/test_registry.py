@@ -234,6 +234,7 @@ def test_ensure_webhook_is_idempotent_per_url(mlflow_server: MlflowServer):
         assert [str(e) for e in hooks[0].events] == [
             "model_version_alias.created",
             "model_version_alias.deleted",
+            "model_version_tag.set",  # a gate verdict warms the version
         ]
         assert str(hooks[0].status) == "ACTIVE"
         # A duplicate made by hand is removed on the next ensure.

@@ -10,10 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 # vLLM refuses any other --max-lora-rank at start-up.
 ALLOWED_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
-# What the stack keeps loaded per registered model besides its warm versions: the versions of champion and
-# challenger (a stable name shares its version name's adapter), a version name retiring after a move, and
-# a version being evaluated.
-ADAPTERS_PER_MODEL = 4
+# What the stack keeps loaded per registered model besides its warm versions: the stable name and the
+# version name of champion and challenger (each name is its own adapter in vLLM), a version name retiring
+# after a move, and a version being evaluated.
+ADAPTERS_PER_MODEL = 6
 
 # Flags that vllm_service_spec sets from the fields below; extra_args must not set them a second time.
 MANAGED_FLAGS = {
@@ -71,9 +71,9 @@ class ServingParams(BaseModel):
         default=None,
         ge=1,
         description="Adapters vLLM keeps loaded in host memory. Unset: "
-        f"({ADAPTERS_PER_MODEL} + warm_versions) x max_models (champion and challenger, a retiring version, "
-        "one being evaluated, the warm versions). Fewer makes vLLM evict adapters and re-read them from "
-        "disk.",
+        f"({ADAPTERS_PER_MODEL} + warm_versions) x max_models (champion and challenger under their stable "
+        "and version names, a retiring version, one being evaluated, the warm versions). Fewer makes vLLM "
+        "evict adapters and re-read them from disk.",
     )
     warm_versions: int = Field(
         default=2,
@@ -169,9 +169,9 @@ class ServingParams(BaseModel):
         if max_cpu_loras < needed:
             raise ValueError(
                 f"max_cpu_loras {max_cpu_loras} is fewer than the {needed} adapters the stack keeps loaded "
-                f"for {self.max_models} models ({per_model} each: champion and challenger, a retiring "
-                f"version, one being evaluated, {self.warm_versions} warm versions); vLLM would evict and "
-                f"re-read adapters from disk: set max_cpu_loras >= {needed}, lower max_models or "
+                f"for {self.max_models} models ({per_model} each: champion and challenger under two names, "
+                f"a retiring version, one being evaluated, {self.warm_versions} warm versions); vLLM would "
+                f"evict and re-read adapters from disk: set max_cpu_loras >= {needed}, lower max_models or "
                 "warm_versions, or leave it unset"
             )
         if max_cpu_loras < max_loras:

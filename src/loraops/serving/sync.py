@@ -339,7 +339,8 @@ class ModelSync:
         self.warnings: dict[str, str] = {}  # alias -> warning
         self.refusals: dict[str, Refusal] = {}  # alias -> the refusal standing for it
         self._refused_keys: set[tuple[str, str, str]] = set()  # (version, kind, reason) already recorded
-        self._canary_failed: dict[str, str] = {}  # version -> why (the adapter never changes)
+        # (version, canary) -> why it failed: the adapter never changes, but a person may set a new canary
+        self._canary_failed: dict[tuple[str, str], str] = {}
         self._canary_passed: set[tuple[str, str, str]] = (
             set()
         )  # (replica, adapter dir, canary) since its load
@@ -454,21 +455,22 @@ class ModelSync:
         if not permission.allowed:
             self._refuse(alias, version, "gate", permission.reason)
             return [], "refused"
-        if version in self._canary_failed:
-            self._refuse(alias, version, "canary", self._canary_failed[version])
+        canary = canary_of(target.tags)
+        failed = (version, canary.to_tag())
+        if failed in self._canary_failed:
+            self._refuse(alias, version, "canary", self._canary_failed[failed])
             return [], "refused"
         self._download(version, dest)
-        canary = canary_of(target.tags)
         done: list[str] = []
         for i in todo:
             replica = self.replicas[i]
             started = time.monotonic()
             problem = self._load_checked(replica, served[i], vname, dest, canary)
             if problem is not None:
-                self._canary_failed[version] = problem
+                self._canary_failed[failed] = problem
                 self._refuse(alias, version, "canary", problem)
                 return done, "refused"
-            replica.load_adapter(stable, str(dest))  # a warm version: the stable name shares its id
+            replica.load_adapter(stable, str(dest))
             after = replica.adapters().get(stable)
             if after != str(dest):
                 raise RuntimeError(f"{replica.base_url} reports {after!r} for {stable} after loading {dest}")
@@ -522,16 +524,17 @@ class ModelSync:
                     return SyncResult(
                         "ignored", self._clock(), trigger, version, details=(permission.reason,)
                     )
-                if version in self._canary_failed:
+                canary = canary_of(info.tags)
+                failed = (version, canary.to_tag())
+                if failed in self._canary_failed:
                     return SyncResult(
-                        "refused", self._clock(), trigger, version, details=(self._canary_failed[version],)
+                        "refused", self._clock(), trigger, version, details=(self._canary_failed[failed],)
                     )
                 dest = self.version_dir(version)
                 self._download(version, dest)
             except Exception as exc:  # not recorded as the serving state: nothing served changed
                 return SyncResult("failed", self._clock(), trigger, version, error=_describe(exc))
             vname = version_name(self.model_name, version)
-            canary = canary_of(info.tags)
             errors: list[str] = []
             for replica in self.replicas:
                 try:
@@ -540,7 +543,7 @@ class ModelSync:
                     errors.append(f"{replica.base_url}: {_describe(exc)}")
                     continue
                 if problem is not None:
-                    self._canary_failed[version] = problem
+                    self._canary_failed[failed] = problem
                     self._tag_refusal(version, f"{self._clock()}: not warmed (canary): {problem}")
                     return SyncResult(
                         "refused", self._clock(), trigger, version, str(dest), details=(problem,)

@@ -28,11 +28,6 @@ measure the upstream behaviour again).
    then replaces the name's entry in one dictionary assignment: requests for the name never see it
    missing, and every request admitted after the load answers with the new weights. The old id stays
    in the worker's LRU cache until evicted. Drop this when the upstream fix for vllm#33791 is pinned.
-3. **Move a name to a directory another name already serves by sharing its id** (loraops' own
-   behaviour, kept when 2. is dropped): the stable name then points at the version name's adapter, with
-   no disk read and no ``add_lora`` round trip through a busy engine, and both names use one LoRA slot.
-   This is what makes an alias move to a warm version a pointer switch. vLLM's unload only forgets the
-   name (the engine keeps the id), so retiring the version name leaves the stable name working.
 """
 
 from __future__ import annotations
@@ -118,21 +113,6 @@ def _swap_under_fresh_id() -> None:
             refused = await self._check_load_lora_adapter_request(request)
             if refused is not None:
                 return refused
-            previous = self.lora_requests[request.lora_name]
-            sibling = _served_elsewhere(self.lora_requests, request.lora_name, request.lora_path)
-            if sibling is not None:
-                shared = LoRARequest(
-                    lora_name=request.lora_name,
-                    lora_int_id=sibling.lora_int_id,
-                    lora_path=sibling.lora_path,
-                    is_3d_lora_weight=sibling.is_3d_lora_weight,
-                )
-                shared.base_model_name = previous.base_model_name
-                self.lora_requests[request.lora_name] = shared
-                return (
-                    f"Success: LoRA adapter '{request.lora_name}' now shares '{sibling.lora_name}' "
-                    f"('{request.lora_path}')."
-                )
             fresh = LoRARequest(
                 lora_name=request.lora_name,
                 lora_int_id=self.lora_id_counter.inc(1),
@@ -140,6 +120,7 @@ def _swap_under_fresh_id() -> None:
                 load_inplace=False,
                 is_3d_lora_weight=request.is_3d_lora_weight,
             )
+            previous = self.lora_requests[request.lora_name]
             if previous.base_model_name is not None:
                 fresh.base_model_name = previous.base_model_name
             try:
@@ -155,14 +136,6 @@ def _swap_under_fresh_id() -> None:
 
     load_lora_adapter.__loraops__ = True  # type: ignore[attr-defined]
     OpenAIServingModels.load_lora_adapter = load_lora_adapter
-
-
-def _served_elsewhere(lora_requests: dict[str, Any], name: str, path: str) -> Any | None:
-    """The request of another served name whose adapter directory is ``path``, if any."""
-    for other, served in lora_requests.items():
-        if other != name and served.lora_path == path:
-            return served
-    return None
 
 
 # -- the admin guard (ASGI middleware, passed to vLLM with --middleware) ---------------------------------
