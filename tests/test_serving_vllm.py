@@ -115,13 +115,13 @@ def test_server_args_on_cpu():
     env = server_env_vars(p, "cpu")
     assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "1"
-    # every core for the compute threads, none kept back for vLLM's scheduler (its "auto" on 2 cores: 1)
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in env  # vLLM's own binding by default
+    every = server_env_vars(ServingParams(cpu_threads_bind="all"), "cpu")
     cores = sorted(os.sched_getaffinity(0))
-    assert env["VLLM_CPU_OMP_THREADS_BIND"] == ",".join(map(str, cores))
-    assert env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
-    assert "VLLM_CPU_OMP_THREADS_BIND" not in server_env_vars(ServingParams(cpu_threads_bind="auto"), "cpu")
+    assert every["VLLM_CPU_OMP_THREADS_BIND"] == ",".join(map(str, cores))
+    assert every["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
     assert server_env_vars(ServingParams(cpu_threads_bind="0-3"), "cpu")["VLLM_CPU_OMP_THREADS_BIND"] == "0-3"
-    two = ServingParams(replicas=2)
+    two = ServingParams(replicas=2, cpu_threads_bind="all")
     per_replica = [server_env_vars(two, "cpu", i)["VLLM_CPU_OMP_THREADS_BIND"] for i in range(2)]
     if len(cores) >= 2:  # each replica its own cores
         assert per_replica == [",".join(map(str, cores[0::2])), ",".join(map(str, cores[1::2]))]

@@ -98,14 +98,14 @@ class ServingParams(BaseModel):
         default=1, ge=1, description="KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE, GiB)."
     )
     cpu_threads_bind: str = Field(
-        default="all",
+        default="auto",
         pattern=r"^(all|auto|nobind|[0-9][0-9,\-|]*)$",
-        description="Cores of vllm-cpu's compute threads (VLLM_CPU_OMP_THREADS_BIND). all: every core this "
-        "process may use, none reserved, shared out among the replicas of this host (on 2 cores 1.3-1.4x "
-        "the tokens/s of auto, measured 2026-12-07 "
-        "with SmolLM2 at 1-16 concurrent requests); auto: vLLM's own, which keeps one core per rank for "
-        "its scheduler and is NUMA aware (better on large multi-socket hosts); or vLLM's core list, e.g. "
-        "0-15. Ignored on GPUs.",
+        description="Cores of vllm-cpu's compute threads (VLLM_CPU_OMP_THREADS_BIND). auto: vLLM's own (one "
+        "core per rank kept for its scheduler and the API server, NUMA aware). all: every core this process "
+        "may use, none reserved, shared out among the replicas of this host: on 2 cores 1.3-1.4x the "
+        "tokens/s of auto for plain requests, but 2-3x slower answers with 8 streaming clients and the hook "
+        "beside it (measured 2026-12-07, SmolLM2), so only for batch work on a quiet host. Or vLLM's core "
+        "list, e.g. 0-15. Ignored on GPUs.",
     )
     enable_prefix_caching: bool = Field(
         default=False,
