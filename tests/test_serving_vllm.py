@@ -618,17 +618,19 @@ def test_twenty_swaps_under_eight_clients_fail_nothing_and_serve_nothing_stale(
     threads = [threading.Thread(target=_hammer, args=(server, ["swapped"], stop, out)) for _ in range(8)]
     for t in threads:
         t.start()
-    time.sleep(1.0)
     windows = []  # (swap started, swap reported done, what the name answers afterwards)
-    for i in range(20):
-        key = "bca"[i % 3]
-        started = time.monotonic()
-        server.load_adapter("swapped", paths[key])
-        windows.append((started, time.monotonic(), expected[key]))
-        time.sleep(0.5)
-    stop.set()
-    for t in threads:
-        t.join()
+    try:
+        time.sleep(1.0)
+        for i in range(20):
+            key = "bca"[i % 3]
+            started = time.monotonic()
+            server.load_adapter("swapped", paths[key])
+            windows.append((started, time.monotonic(), expected[key]))
+            time.sleep(0.5)
+    finally:  # a failed swap must not leave eight clients hammering a dead server (pytest would not exit)
+        stop.set()
+        for t in threads:
+            t.join()
     assert [text for *_, text in out if text.startswith("ERROR")] == []
     # A request sent after swap k was reported done answers with k's adapter, or with the adapter of a
     # later swap that started before the answer came back; anything else is stale.
