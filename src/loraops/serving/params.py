@@ -103,9 +103,9 @@ class ServingParams(BaseModel):
         description="Cores of vllm-cpu's compute threads (VLLM_CPU_OMP_THREADS_BIND). auto: vLLM's own (one "
         "core per rank kept for its scheduler and the API server, NUMA aware). all: every core this process "
         "may use, none reserved, shared out among the replicas of this host: on 2 cores 1.3-1.4x the "
-        "tokens/s of auto for plain requests, but 2-3x slower answers with 8 streaming clients and the hook "
-        "beside it (measured 2026-12-07, SmolLM2), so only for batch work on a quiet host. Or vLLM's core "
-        "list, e.g. 0-15. Ignored on GPUs.",
+        "tokens/s of auto for plain requests (2026-12-07, SmolLM2), but 2.3x slower streamed answers when "
+        "another process kept a core busy (threads bound to a shared core wait on each other), so only for "
+        "a host vLLM has to itself. Or vLLM's core list, e.g. 0-15. Ignored on GPUs.",
     )
     enable_prefix_caching: bool = Field(
         default=False,
