@@ -826,6 +826,12 @@ class ServingHook:
     def sync_for(self, model_name: str) -> ModelSync | None:
         return self.syncs.get(model_name)
 
+    def _sync_of(self, model_name: str) -> ModelSync | None:
+        """The model's sync, looking the registry up once for a model not followed yet."""
+        if model_name not in self.syncs:
+            self.discover()
+        return self.syncs.get(model_name)
+
     def reconcile(self, trigger: str = "reconcile") -> dict[str, SyncResult]:
         """Discover, then reconcile every followed model; one model's failure does not stop the others."""
         self.discover()
@@ -833,10 +839,7 @@ class ServingHook:
 
     def handle(self, event: AliasEvent) -> SyncResult:
         """Route an alias event to its model's sync (a model the hook has not seen yet is looked up)."""
-        sync = self.syncs.get(event.name)
-        if sync is None:
-            self.discover()
-            sync = self.syncs.get(event.name)
+        sync = self._sync_of(event.name)
         if sync is None:
             why = self.not_served.get(event.name, "not a model on this server's base model")
             return SyncResult(
@@ -852,10 +855,7 @@ class ServingHook:
     def warm(self, event: TagEvent) -> SyncResult:
         """Warm the version whose serving decision (gate or override tag) or canary was just recorded."""
         trigger = f"webhook {event.name} v{event.version} {event.key}={event.value[:40]}"
-        sync = self.syncs.get(event.name)
-        if sync is None:
-            self.discover()
-            sync = self.syncs.get(event.name)
+        sync = self._sync_of(event.name)
         if sync is None or event.key not in (GATE_TAG, OVERRIDE_TAG, CANARY_TAG):
             return SyncResult("ignored", _utc_now(), trigger, event.version)
         return sync.warm(event.version, trigger=trigger)
