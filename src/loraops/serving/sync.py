@@ -470,7 +470,7 @@ class ModelSync:
                 self._canary_failed[failed] = problem
                 self._refuse(alias, version, "canary", problem)
                 return done, "refused"
-            replica.load_adapter(stable, str(dest))
+            replica.load_adapter(stable, str(dest))  # a warm version: the stable name shares its id
             after = replica.adapters().get(stable)
             if after != str(dest):
                 raise RuntimeError(f"{replica.base_url} reports {after!r} for {stable} after loading {dest}")

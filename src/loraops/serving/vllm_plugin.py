@@ -28,6 +28,18 @@ measure the upstream behaviour again).
    then replaces the name's entry in one dictionary assignment: requests for the name never see it
    missing, and every request admitted after the load answers with the new weights. The old id stays
    in the worker's LRU cache until evicted. Drop this when the upstream fix for vllm#33791 is pinned.
+3. **Every adapter id of a batch is activated** (``InputBatch.make_lora_inputs``, vLLM 0.32,
+   ``vllm/v1/worker/gpu_input_batch.py``): the worker activates ``set(LoRARequest)`` of the batch, and
+   ``LoRARequest`` compares and hashes by *name*. While a swap is in flight one batch holds the name's
+   old id and its new one; the set keeps one of them, and when the other is no longer in an adapter slot
+   the LoRA mapping fails (``KeyError`` in ``convert_mapping``) and the engine dies. Here the requests
+   are returned distinct by id. Drop this when the pinned vLLM keys the batch's adapters by id.
+4. **Move a name to a directory another name already serves by sharing its id** (loraops' own
+   behaviour, needs 3.): the stable name then points at the version name's adapter, with no disk read
+   and no ``add_lora`` round trip through a busy engine, and both names use one LoRA slot. This is what
+   makes an alias move to a warm version a pointer switch. vLLM's unload only forgets the name (the
+   engine keeps the id, and reloads it from its directory when evicted), so retiring the version name
+   leaves the stable name working.
 """
 
 from __future__ import annotations
@@ -54,7 +66,12 @@ def register() -> None:
     """vLLM's entry point: apply the corrections once per process."""
     if os.environ.get("LORAOPS_VLLM_PLUGIN", "1") == "0":
         return
-    for name, apply in (("cpu-lora-ops", _fast_cpu_lora_ops), ("inplace-fresh-id", _swap_under_fresh_id)):
+    corrections = (
+        ("cpu-lora-ops", _fast_cpu_lora_ops),
+        ("batch-adapters-by-id", _batch_adapters_by_id),
+        ("inplace-fresh-id", _swap_under_fresh_id),
+    )
+    for name, apply in corrections:
         if name in _applied:
             continue
         try:
@@ -113,6 +130,21 @@ def _swap_under_fresh_id() -> None:
             refused = await self._check_load_lora_adapter_request(request)
             if refused is not None:
                 return refused
+            previous = self.lora_requests[request.lora_name]
+            sibling = _served_elsewhere(self.lora_requests, request.lora_name, request.lora_path)
+            if sibling is not None and "batch-adapters-by-id" in _applied:
+                shared = LoRARequest(
+                    lora_name=request.lora_name,
+                    lora_int_id=sibling.lora_int_id,
+                    lora_path=sibling.lora_path,
+                    is_3d_lora_weight=sibling.is_3d_lora_weight,
+                )
+                shared.base_model_name = previous.base_model_name
+                self.lora_requests[request.lora_name] = shared
+                return (
+                    f"Success: LoRA adapter '{request.lora_name}' now shares '{sibling.lora_name}' "
+                    f"('{request.lora_path}')."
+                )
             fresh = LoRARequest(
                 lora_name=request.lora_name,
                 lora_int_id=self.lora_id_counter.inc(1),
@@ -120,7 +152,6 @@ def _swap_under_fresh_id() -> None:
                 load_inplace=False,
                 is_3d_lora_weight=request.is_3d_lora_weight,
             )
-            previous = self.lora_requests[request.lora_name]
             if previous.base_model_name is not None:
                 fresh.base_model_name = previous.base_model_name
             try:
@@ -136,6 +167,37 @@ def _swap_under_fresh_id() -> None:
 
     load_lora_adapter.__loraops__ = True  # type: ignore[attr-defined]
     OpenAIServingModels.load_lora_adapter = load_lora_adapter
+
+
+def _served_elsewhere(lora_requests: dict[str, Any], name: str, path: str) -> Any | None:
+    """The request of another served name whose adapter directory is ``path``, if any."""
+    for other, served in lora_requests.items():
+        if other != name and served.lora_path == path:
+            return served
+    return None
+
+
+# -- 3. every adapter id of a batch activated ---------------------------------------------------------
+
+
+def _batch_adapters_by_id() -> None:
+    from vllm.v1.worker.gpu_input_batch import InputBatch
+
+    original = InputBatch.make_lora_inputs
+    if getattr(original, "__loraops__", False):
+        return
+
+    def make_lora_inputs(self: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any, Any]:
+        prompt_mapping, token_mapping, _by_name = original(self, *args, **kwargs)
+        return prompt_mapping, token_mapping, distinct_by_id(self.lora_id_to_lora_request.values())
+
+    make_lora_inputs.__loraops__ = True  # type: ignore[attr-defined]
+    InputBatch.make_lora_inputs = make_lora_inputs
+
+
+def distinct_by_id(requests: Iterable[Any]) -> list[Any]:
+    """One LoRA request per adapter id, in order (vLLM's ``LoRARequest`` is equal by name only)."""
+    return list({request.lora_int_id: request for request in requests}.values())
 
 
 # -- the admin guard (ASGI middleware, passed to vLLM with --middleware) ---------------------------------
