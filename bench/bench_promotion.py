@@ -172,6 +172,7 @@ def main() -> int:
     from loraops.serving.params import ServingParams
     from loraops.serving.sync import sync_service_spec
     from loraops.serving.vllm import VllmClient, vllm_service_spec
+    from loraops.workspace import user_cache
     from test_serving_vllm import _negated_copy
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-promotion-"))
@@ -180,7 +181,7 @@ def main() -> int:
         from random_adapters import random_adapters
 
         params = load_params(args.params)
-        model_dir = Path(params.base_model.resolve(ROOT / ".loraops" / "cache" / "models"))
+        model_dir = Path(params.base_model.resolve(user_cache() / "models"))
         print(f"making three random adapters for {model_dir} in {tmp}")
         # B 5x the throughput bench's: three 8-token answers that differ from each other and the base's
         a, b, c = random_adapters(model_dir, tmp / "adapters", seeds=(1, 2, 3), b_std=0.05)

@@ -95,7 +95,7 @@ def main() -> None:
         ws, params, urls = make_workspace_with_champion(tmp)
         os.environ["PREFECT_API_URL"] = urls.prefect_api  # before Prefect is imported
         from loraops.flows import load_flow
-        from loraops.stack.deploy import trigger_retrain, up_worker, wait_for_run
+        from loraops.stack.deploy import deployment_name, trigger_retrain, up_worker, wait_for_run
 
         up_worker(ws, params, urls)
         retrain = load_flow("retrain")
@@ -110,7 +110,7 @@ def main() -> None:
             times["flow"].append(time.monotonic() - started)
             assert outcome.state == "skipped", outcome
             started = time.monotonic()
-            run_id = trigger_retrain(urls.prefect_api, params.schedule.deployment, {"evaluate": False})
+            run_id = trigger_retrain(urls.prefect_api, deployment_name(params), {"evaluate": False})
             state = wait_for_run(urls.prefect_api, run_id, timeout_s=600)
             times["worker"].append(time.monotonic() - started)
             assert state == "Completed", state

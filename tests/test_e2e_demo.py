@@ -238,7 +238,7 @@ def test_chat_data_trains_and_evaluates_through_the_flow_and_rollback_hot_swaps(
         broken["notify"]["webhook_url"] = receiver.url
         (d.ws / "params.yaml").write_text(yaml.safe_dump(broken, sort_keys=False))
         try:
-            failed = trigger_retrain(api, "scheduled")
+            failed = trigger_retrain(api, d.model)
             assert wait_for_run(api, failed) == "Failed", worker_log.read_text()[-4000:]
         finally:
             (d.ws / "params.yaml").write_text(good)
@@ -252,7 +252,7 @@ def test_chat_data_trains_and_evaluates_through_the_flow_and_rollback_hot_swaps(
         assert [(b["event"], b["model"]) for b in receiver.bodies] == [("failed", d.model)]
         assert failed in receiver.bodies[0]["flow_run_url"]
 
-        runs = [trigger_retrain(api, "scheduled") for _ in range(2)]  # two triggers at once
+        runs = [trigger_retrain(api, d.model) for _ in range(2)]  # two triggers at once
         finals = [wait_for_run(api, run) for run in runs]
         judged = [run for run in runs if "evaluate" in _task_states(api, run)]
         assert len(judged) == 1, (
@@ -271,7 +271,7 @@ def test_chat_data_trains_and_evaluates_through_the_flow_and_rollback_hot_swaps(
         # one version: the failed run registered it, the rerun reused it
         (chat,) = d.versions() - before
 
-        unchanged = trigger_retrain(api, "scheduled")
+        unchanged = trigger_retrain(api, d.model)
         assert wait_for_run(api, unchanged) == "Completed", worker_log.read_text()[-4000:]
         skipped = _task_states(api, unchanged)
         assert "champion" in skipped and "train-adapter" not in skipped, skipped
@@ -378,29 +378,70 @@ class Traffic:
 def test_a_second_task_is_served_beside_the_first_and_each_moves_alone(
     demo_stack: Demo, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """A second workspace (the routing task, its own params.yaml) uses the first one's stack: trained,
-    gated and served on the same vLLM under its own names; then both models are promoted, one after the
-    other, under traffic to both names. No request fails, every
-    answer has its own task's fields, a promotion of one model leaves the other's names as they were."""
+    """A second task the way a user adds one: `loraops init` from its data file (the routing task) on the
+    first workspace's stack, then the two commands it prints: trained, gated and served on the same vLLM
+    under its own names, with its own deployment and schedule beside the first one's. Then both models
+    are promoted, one after the other, under traffic to both names. No request fails, every answer has
+    its own task's fields, a promotion of one model leaves the other's names as they were."""
     d = demo_stack
     pid = d.vllm_pid()
     routing_model = "ticket-routing"
-    ws2 = d.workspace_on_this_stack(
-        tmp_path_factory.mktemp("routing") / "ws",
-        routing_model,
-        overrides={
-            "data": {"raw": "data/raw/routing.jsonl"},
-            "evaluate": {"format": {"json_schema": routing_schema()}},
-        },
+    home = tmp_path_factory.mktemp("routing")
+    data = home / "routing.jsonl"
+    write_demo_dataset(data, task="routing")
+    ws2 = home / "ws"
+    started = time.monotonic()
+    init = run_cli(
+        d.ws, "init", str(ws2), "--data", str(data), "--model-name", routing_model, "--stack", str(d.ws)
     )
-    write_demo_dataset(ws2 / "data" / "raw" / "routing.jsonl", task="routing")
-    up = run_cli(ws2, "up")
+    assert init.returncode == 0, init.stderr[-3000:]
+    assert f"on the stack of {d.ws}" in init.stdout
+    assert init.stdout.splitlines()[-2:] == [
+        f"  loraops --workspace {ws2} up",
+        f"  loraops --workspace {ws2} retrain",
+    ]
+    inferred = yaml.safe_load((ws2 / "params.yaml").read_text())["evaluate"]["format"]["json_schema"]
+    assert {k: set(v["enum"]) for k, v in inferred["properties"].items()} == {
+        k: set(v["enum"])
+        for k, v in routing_schema()["properties"].items()  # type: ignore[attr-defined]
+    }
+    up = run_cli(ws2, "up")  # the two commands init printed, exactly
     try:
         assert up.returncode == 0, (up.stdout + up.stderr)[-3000:]
+        setup_s = time.monotonic() - started
+        print(f"second task: init + up in {setup_s:.1f} s before its training starts")
         assert "ticket-routing is not served yet" in up.stdout + up.stderr
+        assert f"deployment retrain/{routing_model}, cron '0 4 * * *' (UTC)" in up.stdout  # an hour later
         retrain = run_cli(ws2, "retrain")  # (no traffic meanwhile: on 2 cores it would starve the training)
         output = retrain.stdout + retrain.stderr
         assert retrain.returncode == 0, output[-4000:]
+        # One deployment per model, each with its own workspace and schedule; the stack's one worker runs
+        # both (the second workspace starts none).
+        deadline = time.monotonic() + 90  # Prefect's scheduler creates the next runs within seconds
+        while True:
+            status = d.cli("status").stdout
+            listed = status[status.index("== retrain deployments on this stack (2, one per model)") :]
+            rows = {
+                model: next(ln for ln in listed.splitlines() if ln.strip().startswith(f"retrain/{model} "))
+                for model in (d.model, routing_model)
+            }
+            if all("next none" not in row for row in rows.values()) or time.monotonic() > deadline:
+                break
+            time.sleep(3)
+        for model, ws, cron, at in (
+            (d.model, d.ws, "0 3 * * *", "T03:00+00:00"),
+            (routing_model, ws2, "0 4 * * *", "T04:00+00:00"),
+        ):
+            assert f"cron '{cron}'" in rows[model] and f"({ws})" in rows[model], rows[model]
+            assert at in rows[model], rows[model]
+        assert not (ws2 / ".loraops" / "pids" / "worker.json").exists()
+        # A run of its deployment (as its schedule or the UI's "Run" makes) goes to its own model: the
+        # stack's worker runs it in ws2, where the data is what ticket-routing's champion was trained on.
+        run = trigger_retrain(d.prefect_api, routing_model)
+        worker_log = d.ws / ".loraops" / "logs" / "worker.log"
+        assert wait_for_run(d.prefect_api, run) == "Completed", worker_log.read_text()[-4000:]
+        ran = _task_states(d.prefect_api, run)
+        assert "champion" in ran and "train-adapter" not in ran, ran
         client = d.client()
         assert client.get_model_version(routing_model, "1").tags["gate"] == "passed"
         assert client.get_registered_model(routing_model).tags["loraops.serving.base"] == d.base_name
@@ -456,7 +497,7 @@ def test_a_second_task_is_served_beside_the_first_and_each_moves_alone(
         assert set(overview["models"]) == {d.model, routing_model} and overview["not_served"] == {}
         assert d.vllm_pid() == pid, "the server was restarted"
     finally:
-        run_cli(ws2, "down", timeout=120)  # its Prefect worker (the first stack's services stay up)
+        run_cli(ws2, "down", timeout=120)  # nothing of its own runs: the first stack's services stay up
 
 
 def zero_lora_b(adapter: Path, out: Path) -> Path:

@@ -361,6 +361,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow  # imports vLLM in the server environment (6 s)
 def test_a_batch_with_two_adapters_of_one_name_activates_both() -> None:
     """A swap in flight puts the name's old and new adapter ids in one batch; both must be activated."""
     env = require(server_env())

@@ -15,7 +15,7 @@ from loraops.cli import main
 from loraops.registry.params import RegistryParams
 from loraops.registry.tracking import Registry
 from loraops.services import free_port
-from loraops.status import ModelStatus, ReplicaRow, RunRow, Sourced, VersionRow
+from loraops.status import DeploymentRow, ModelStatus, ReplicaRow, RunRow, Sourced, VersionRow
 
 pytest_plugins = ["fixtures_mlflow"]
 
@@ -114,3 +114,14 @@ def test_the_command_reads_the_registry_and_says_what_is_down(
     )
     params = yaml.safe_load((ws / "params.yaml").read_text())
     assert params["registry"]["model_name"] == name
+
+
+def test_a_deployment_row_names_its_model_schedule_next_run_and_workspace():
+    row = DeploymentRow(
+        "retrain/ticket-items", "ticket-items", "/ws/items", "cron '30 4 * * 1' (Europe/Paris)", None
+    )
+    line = row.line()
+    assert "retrain/ticket-items" in line and "ticket-items" in line and "(/ws/items)" in line
+    assert "next none scheduled" in line
+    due = DeploymentRow("retrain/triage", "triage", "/ws", "when triggered", "2026-12-08T03:00+00:00").line()
+    assert "next 2026-12-08T03:00+00:00" in due and "when triggered" in due

@@ -15,6 +15,11 @@ WANTED=("$@")
 
 say() { printf '[envs] %s\n' "$*"; }
 
+# Two builders at once (two `make` runs, a test session beside a demo) wait for each other.
+mkdir -p .venvs
+exec 9>.venvs/.lock
+if command -v flock >/dev/null 2>&1; then flock 9; fi
+
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
   echo "loraops needs Python 3.11 ($PYTHON not found); set LORAOPS_PYTHON to its path" >&2
   exit 2

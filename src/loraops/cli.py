@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loraops.errors import LoraopsError, StackError, StageError
+from loraops.errors import ConfigError, LoraopsError, StackError, StageError
 from loraops.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -203,7 +203,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from loraops.gate.promote import sync_status
     from loraops.registry.tracking import Registry
     from loraops.stack import local
-    from loraops.stack.prefect_api import retrain_runs
+    from loraops.stack.prefect_api import retrain_deployments, retrain_runs
     from loraops.status import ModelStatus, Sourced, replica_rows, sourced, version_rows
 
     ws = _workspace(args)
@@ -246,6 +246,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     )
     for line in status.lines(args.versions):
         print(line)
+    deployments = sourced(lambda: retrain_deployments(urls.prefect_api))
+    if deployments.error:
+        print(f"== retrain deployments on this stack: unknown ({deployments.error})")
+    else:
+        print(f"== retrain deployments on this stack ({len(deployments.value)}, one per model)")
+        for row in deployments.value:
+            print(row.line())
     return 0
 
 
@@ -591,11 +598,45 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    """A new task's workspace from its data, on the nearest running stack; prints the next two commands."""
+    from loraops.scaffold.create import init_workspace
+
+    data = args.data
+    if data is None:
+        if not sys.stdin.isatty():
+            raise ConfigError("no training data given", hint="--data FILE (JSONL, alpaca or chat records)")
+        data = input("training data (a JSONL file of alpaca or chat records): ").strip()
+    started = time.monotonic()
+    result = init_workspace(
+        Path(args.directory),
+        Path(data),
+        model=args.model_name,
+        data_format=args.format,
+        stack=Path(args.stack) if args.stack else None,
+        standalone=args.standalone,
+    )
+    shape = result.shape
+    say(f"task {result.model}: {shape.examples} {shape.format} examples, scored by {shape.task_metric}")
+    if shape.json_schema is not None:
+        fields = ", ".join(shape.json_schema["properties"])
+        say(f"every answer is a JSON object: the format check requires its fields ({fields})")
+    if result.link is not None:
+        say(f"on the stack of {result.link.workspace}: its MLflow, Prefect, vLLM and sync hook")
+    else:
+        say("no running stack found: this workspace runs its own (free ports chosen)")
+    say(f"workspace {result.root}: params.yaml, data/raw, axolotl_configs, dvc.yaml; git and DVC initialised")
+    say(f"made in {time.monotonic() - started:.1f} s; next:")
+    for command in result.next_commands():
+        print(f"  {command}")
+    return 0
+
+
 def cmd_schedule(args: argparse.Namespace) -> int:
     """Register the retrain deployment from params.yaml `schedule:` and start the worker that runs it;
     with --run, also start one run now, as the Prefect UI's "Run" does, and wait for it."""
     from loraops.stack import local
-    from loraops.stack.deploy import trigger_retrain, wait_for_run
+    from loraops.stack.deploy import deployment_name, trigger_retrain, wait_for_run
 
     ws = _workspace(args)
     params = _params(ws)
@@ -605,7 +646,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     _print_deployment(info)
     if not args.run:
         return 0
-    run_id = trigger_retrain(urls.prefect_api, params.schedule.deployment)
+    run_id = trigger_retrain(urls.prefect_api, deployment_name(params))
     say(f"started flow run {urls.prefect_ui}/runs/flow-run/{run_id} on the worker; waiting for it")
     state = wait_for_run(urls.prefect_api, run_id)
     print(f"== flow run {run_id}: {state}")
@@ -704,6 +745,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the gate's verdict and the main scores (a DVC metrics file); a refusal then exits 0",
     )
     evaluate.set_defaults(func=cmd_evaluate)
+    init = sub.add_parser(
+        "init",
+        help="create a new task's workspace from its training data (on the running stack, if any)",
+    )
+    init.add_argument("directory", help="the new workspace (absent or empty)")
+    init.add_argument("--data", metavar="FILE", help="the task's training data, JSONL (asked when omitted)")
+    init.add_argument("--model-name", help="registered model and stable name (default: the directory's name)")
+    init.add_argument(
+        "--format", choices=("alpaca", "chat"), help="check the records' format (default: read from the data)"
+    )
+    init.add_argument(
+        "--stack", metavar="WORKSPACE", help="the workspace whose stack to use (default: the nearest running)"
+    )
+    init.add_argument("--standalone", action="store_true", help="run a stack of its own (free ports chosen)")
+    init.set_defaults(func=cmd_init)
     register = sub.add_parser(
         "register", help="register an adapter directory trained elsewhere as a new version"
     )

@@ -45,6 +45,21 @@ class RunRow:
 
 
 @dataclass(frozen=True)
+class DeploymentRow:
+    """One retrain deployment of the stack: one registered model's schedule."""
+
+    name: str  # retrain/<deployment>
+    model: str
+    workspace: str
+    schedule: str  # "cron '0 3 * * *' (UTC)" or "when triggered"
+    next_run: str | None
+
+    def line(self) -> str:
+        due = self.next_run or "none scheduled"
+        return f"   {self.name:<28s} {self.model:<20s} {self.schedule:<28s} next {due}  ({self.workspace})"
+
+
+@dataclass(frozen=True)
 class Sourced:
     """A fact, or why it is unknown."""
 

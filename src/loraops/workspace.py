@@ -1,8 +1,10 @@
 """Where a loraops project keeps its files.
 
 A *workspace* is a git repository holding ``params.yaml``, ``dvc.yaml`` and ``axolotl_configs/``.
-Everything loraops writes at run time lives under ``<workspace>/.loraops/`` (git-ignored), except the
-base-model cache, which is content-addressed and may be shared between workspaces (``LORAOPS_CACHE``).
+Everything loraops writes at run time lives under ``<workspace>/.loraops/`` (git-ignored), except what is
+keyed by content and so shared by every workspace of the user: base models (built or converted), the
+base model's self-replay answers and general scores. That cache is ``LORAOPS_CACHE``, else
+``$XDG_CACHE_HOME/loraops``, else ``~/.cache/loraops``; its writers lock against each other.
 """
 
 from __future__ import annotations
@@ -40,8 +42,7 @@ class Workspace:
 
     @property
     def cache(self) -> Path:
-        env = os.environ.get("LORAOPS_CACHE")
-        return Path(env).resolve() if env else self.state / "cache"
+        return user_cache()
 
     @property
     def models(self) -> Path:
@@ -55,3 +56,12 @@ class Workspace:
     def ensure(self) -> None:
         for path in (self.state, self.logs, self.runs, self.models, self.serving_adapters):
             path.mkdir(parents=True, exist_ok=True)
+
+
+def user_cache() -> Path:
+    """The user-level cache of content-keyed artifacts (base models, replay answers, base scores)."""
+    env = os.environ.get("LORAOPS_CACHE")
+    if env:
+        return Path(env).expanduser().resolve()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "loraops"

@@ -20,7 +20,11 @@ class ScheduleParams(BaseModel):
         "runs only when triggered (Prefect UI 'Run', `prefect deployment run`).",
     )
     timezone: str = Field("UTC", description="Time zone of the cron expression (IANA name).")
-    deployment: str = Field("scheduled", description="Deployment name: the flow's is `retrain/<this>`.")
+    deployment: str | None = Field(
+        None,
+        description="Deployment name: the flow's is `retrain/<this>`. Unset: the registered model's name, so "
+        "each task on a stack has its own deployment and schedule.",
+    )
     work_pool: str = Field("loraops", description="Process work pool the local worker polls.")
     on_overlap: Literal["wait", "skip"] = Field(
         "skip",
@@ -66,8 +70,8 @@ class ScheduleParams(BaseModel):
 
     @field_validator("deployment", "work_pool")
     @classmethod
-    def _plain_name(cls, value: str) -> str:
-        if not _NAME.match(value):
+    def _plain_name(cls, value: str | None) -> str | None:
+        if value is not None and not _NAME.match(value):
             raise ValueError("letters, digits, '.', '_' and '-' only")
         return value
 

@@ -1,9 +1,11 @@
-"""Unattended retraining, the Prefect way: a process work pool, a worker that polls it (a service of the
-local stack) and the `retrain/<schedule.deployment>` deployment with its cron schedule from params.yaml.
+"""Unattended retraining, the Prefect way: a process work pool, one worker that polls it (a service of the
+stack) and one `retrain/<model>` deployment per registered model, with its cron schedule from that
+workspace's params.yaml.
 
-Scheduled runs, "Run" in the Prefect UI and `prefect deployment run retrain/scheduled` all create a flow
+Scheduled runs, "Run" in the Prefect UI and `prefect deployment run retrain/<model>` all create a flow
 run of the deployment; the worker picks it up and runs flows/retrain.py in a subprocess, in this checkout,
-for this workspace.
+for the deployment's workspace. Workspaces on another workspace's stack (`stack.sync_url`) register their
+deployment in the same pool and start no worker of their own.
 """
 
 from __future__ import annotations
@@ -73,6 +75,11 @@ def worker_service_spec(ws: Workspace, params: Params, prefect_api: str) -> Serv
     )
 
 
+def deployment_name(params: Params) -> str:
+    """The workspace's deployment of the retrain flow: ``schedule.deployment``, else the model's name."""
+    return params.schedule.deployment or params.registry.model_name
+
+
 def deployment_parameters(ws: Workspace) -> dict[str, Any]:
     """What each deployment run gets: this workspace; skip-unchanged is the flow's default."""
     return {"workspace": str(ws.root)}
@@ -95,7 +102,7 @@ def deploy_retrain(ws: Workspace, params: Params, prefect_api: str, prefect_ui: 
             source = retrain.from_source(source=str(repo_root()), entrypoint=FLOW_ENTRYPOINT)
             with contextlib.redirect_stdout(io.StringIO()):  # Prefect prints a table of what it applied
                 deployment_id = source.deploy(
-                    name=schedule.deployment,
+                    name=deployment_name(params),
                     work_pool_name=schedule.work_pool,
                     schedules=[Cron(schedule.cron, timezone=schedule.timezone)] if schedule.cron else [],
                     parameters=deployment_parameters(ws),
@@ -113,7 +120,7 @@ def deploy_retrain(ws: Workspace, params: Params, prefect_api: str, prefect_ui: 
                 hint="check `loraops status` and .loraops/logs/prefect.log",
             ) from exc
     return DeploymentInfo(
-        name=f"retrain/{schedule.deployment}",
+        name=f"retrain/{deployment_name(params)}",
         deployment_id=str(deployment_id),
         work_pool=schedule.work_pool,
         cron=schedule.cron,
@@ -139,9 +146,12 @@ def up_worker(
     ws: Workspace, params: Params, urls: StackUrls, on_event: Callable[[str], None] | None = None
 ) -> DeploymentInfo:
     """Register the retrain deployment and start the worker that runs it (kept when already running
-    with the same settings)."""
+    with the same settings); on another workspace's stack, that stack's worker runs it."""
+    from loraops.stack.local import uses_shared_stack
+
     info = deploy_retrain(ws, params, urls.prefect_api, urls.prefect_ui)
-    ServiceManager(ws.state, on_event).start(worker_service_spec(ws, params, urls.prefect_api))
+    if not uses_shared_stack(params):
+        ServiceManager(ws.state, on_event).start(worker_service_spec(ws, params, urls.prefect_api))
     return info
 
 

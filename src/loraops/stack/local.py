@@ -156,7 +156,8 @@ def check_ports(ws: Workspace, params: Params) -> None:
         wanted.append(("mlflow", params.stack.mlflow_port, "stack.mlflow_port"))
     if params.stack.prefect_api_url is None:
         wanted.append(("prefect", params.stack.prefect_port, "stack.prefect_port"))
-    wanted.append(("worker", params.stack.worker_port, "stack.worker_port"))
+    if not uses_shared_stack(params):  # on another workspace's stack, its worker runs our deployment
+        wanted.append(("worker", params.stack.worker_port, "stack.worker_port"))
     for name, port, key in wanted:
         mine = manager.get(name)
         if (mine is None or mine.port != port) and not port_is_free(port, params.stack.host):

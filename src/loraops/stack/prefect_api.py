@@ -1,15 +1,17 @@
-"""What loraops reads from the Prefect API: the retrain runs of a workspace (last one, next scheduled)."""
+"""What loraops reads from the Prefect API: the retrain runs of a workspace (last one, next scheduled) and
+the retrain deployments of the whole stack (one per registered model)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC
 from typing import Any
 
 from loraops.errors import StackError
 from loraops.services import http_ok
-from loraops.status import RunRow
+from loraops.status import DeploymentRow, RunRow
 
 RETRAIN_FLOW = "retrain"
 
@@ -79,3 +81,48 @@ def retrain_runs(api_url: str, ui_url: str, workspace: str) -> tuple[RunRow | No
     if due is not None and due.expected_start_time is not None:
         nxt = f"{due.expected_start_time.isoformat(timespec='minutes')} ({due.name})"
     return row, nxt
+
+
+def retrain_deployments(api_url: str) -> list[DeploymentRow]:
+    """Every deployment of the retrain flow on this Prefect server, by name, with its next scheduled run."""
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    flows = FlowFilter(name=FlowFilterName(any_=[RETRAIN_FLOW]))
+    rows = []
+    with prefect_client(api_url) as client:
+        for deployment in client.read_deployments(flow_filter=flows):
+            due = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
+                ),
+                sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+                limit=1,
+            )
+            crons = [
+                f"cron {s.schedule.cron!r} ({s.schedule.timezone or 'UTC'})"
+                for s in deployment.schedules or []
+                if getattr(s.schedule, "cron", None) and s.active
+            ]
+            models = [t for t in deployment.tags or [] if t != "loraops"]
+            when = due[0].expected_start_time if due else None
+            rows.append(
+                DeploymentRow(
+                    name=f"{RETRAIN_FLOW}/{deployment.name}",
+                    model=models[0] if models else "?",
+                    workspace=str((deployment.parameters or {}).get("workspace", "?")),
+                    schedule=", ".join(crons) or "when triggered",
+                    next_run=when.astimezone(UTC).isoformat(timespec="minutes") if when else None,
+                )
+            )
+    return sorted(rows, key=lambda r: r.name)
