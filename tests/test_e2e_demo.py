@@ -21,13 +21,15 @@ import yaml
 from openai import OpenAI
 
 from conftest import make_workspace, registered_version, run_cli
+from loraops.config import Params
 from loraops.data.demo import as_chat, routing_schema, write_demo_dataset
 from loraops.evaluate.metrics import first_json_object
 from loraops.evaluate.suite import question_of
 from loraops.gate.promote import sync_status
 from loraops.serving.policy import CANARY_TAG, OVERRIDE_TAG
 from loraops.serving.vllm import VllmClient
-from loraops.stack.deploy import trigger_retrain, wait_for_run
+from loraops.stack.deploy import deploy_retrain, trigger_retrain, wait_for_run
+from loraops.workspace import Workspace
 from test_notify_stand_in import Receiver
 
 if TYPE_CHECKING:
@@ -386,6 +388,12 @@ def test_a_second_task_is_served_beside_the_first_and_each_moves_alone(
     d = demo_stack
     pid = d.vllm_pid()
     routing_model = "ticket-routing"
+    # The single deployment name of older releases, left behind by an upgrade: `up` replaces it with the
+    # model's own deployment (and never touches another workspace's).
+    legacy = yaml.safe_load((d.ws / "params.yaml").read_text())
+    legacy["schedule"]["deployment"] = "scheduled"
+    deploy_retrain(Workspace(d.ws), Params.model_validate(legacy), d.prefect_api, d.prefect_api)
+    assert d.cli("up").returncode == 0
     home = tmp_path_factory.mktemp("routing")
     data = home / "routing.jsonl"
     write_demo_dataset(data, task="routing")

@@ -114,6 +114,7 @@ def deploy_retrain(ws: Workspace, params: Params, prefect_api: str, prefect_ui: 
                     print_next_steps=False,
                     ignore_warnings=True,
                 )
+            _drop_other_deployments_of(ws, keep=deployment_id)
         except Exception as exc:  # Prefect raises its own types here; say what failed and where
             raise StackError(
                 f"could not register the retrain deployment with the Prefect API at {prefect_api}: {exc}",
@@ -127,6 +128,22 @@ def deploy_retrain(ws: Workspace, params: Params, prefect_api: str, prefect_ui: 
         timezone=schedule.timezone,
         url=f"{prefect_ui.rstrip('/')}/deployments/deployment/{deployment_id}",
     )
+
+
+def _drop_other_deployments_of(ws: Workspace, keep: Any) -> None:
+    """Delete this workspace's other retrain deployments (one renamed in params.yaml, or `scheduled`,
+    the single name of older releases): each workspace has one. Other workspaces' are never touched."""
+    import os
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    mine = os.path.realpath(ws.root)
+    with get_client(sync_client=True) as client:
+        for found in client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=["retrain"]))):
+            given = (found.parameters or {}).get("workspace")
+            if found.id != keep and given is not None and os.path.realpath(str(given)) == mine:
+                client.delete_deployment(found.id)
 
 
 def _ensure_work_pool(name: str) -> None:
