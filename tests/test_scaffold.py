@@ -15,7 +15,7 @@ from loraops.data.demo import routing_schema, write_demo_dataset
 from loraops.errors import ConfigError, DataError
 from loraops.scaffold.create import answer_tokens_budget, init_workspace, model_name_for
 from loraops.scaffold.infer import infer_task, json_schema_of
-from loraops.scaffold.params_text import shifted_cron
+from loraops.scaffold.params_text import joining_cron
 
 
 def _lines(*records: dict) -> str:
@@ -84,11 +84,12 @@ def test_a_bad_line_is_named_by_file_and_line():
         infer_task(_lines({"prompt": "x"}), "tasks.jsonl")
 
 
-def test_the_cron_of_a_joining_task_runs_an_hour_later():
-    assert shifted_cron("0 3 * * *", 1) == "0 4 * * *"
-    assert shifted_cron("15 23 * * 1", 1) == "15 0 * * 1"
-    assert shifted_cron("0 */6 * * *", 1) == "0 */6 * * *"  # not a plain hour: left as it is
-    assert shifted_cron(None, 1) is None
+def test_a_joining_task_runs_at_the_first_hour_no_other_task_uses():
+    assert joining_cron("0 3 * * *") == "0 4 * * *"
+    assert joining_cron("0 3 * * *", ["0 3 * * *", "0 4 * * *", "30 5 * * 1"]) == "0 6 * * *"
+    assert joining_cron("15 23 * * 1", ["15 23 * * 1"]) == "15 0 * * 1"
+    assert joining_cron("0 */6 * * *") == "0 */6 * * *"  # not a plain hour: left as it is
+    assert joining_cron(None) is None
 
 
 def test_names_and_token_budget():

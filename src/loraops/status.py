@@ -53,6 +53,7 @@ class DeploymentRow:
     workspace: str
     schedule: str  # "cron '0 3 * * *' (UTC)" or "when triggered"
     next_run: str | None
+    crons: tuple[str, ...] = ()  # the active cron expressions
 
     def line(self) -> str:
         due = self.next_run or "none scheduled"

@@ -117,6 +117,16 @@ def served_base_model_dir(link: StackLink) -> Path | None:
     return roots[0] if roots and roots[0].is_dir() else None
 
 
+def stack_crons(link: StackLink) -> list[str]:
+    """The crons of the retrain deployments already on the stack (none when Prefect does not answer)."""
+    from loraops.stack.prefect_api import retrain_deployments
+
+    try:
+        return [c for row in retrain_deployments(link.prefect_api_url) for c in row.crons]
+    except Exception:  # the joining task then gets the hour after the stack's own
+        return []
+
+
 def init_workspace(
     dest: Path,
     data_file: Path,
@@ -176,6 +186,7 @@ def init_workspace(
             link=link,
             ports=ports,
             created=datetime.now(UTC).strftime("%Y-%m-%d"),
+            taken_crons=stack_crons(link) if link is not None else (),
         )
         (dest / "params.yaml").write_text(text, encoding="utf-8")
         params = load_params(dest / "params.yaml")  # what a run will read: valid, or init fails here

@@ -3,6 +3,7 @@ base model, training and gate), the task's own names and data facts, and where t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,14 +43,21 @@ def _block(comment: str, section: str, values: Any) -> str:
     return f"{lines}{body}\n"
 
 
-def shifted_cron(cron: str | None, hours: int) -> str | None:
-    """``cron`` ``hours`` later when its hour field is a plain number (tasks of one stack then train one
-    after the other on its cores), else as it is."""
+def joining_cron(cron: str | None, taken: Sequence[str] = ()) -> str | None:
+    """The cron of a task joining a stack whose task runs at ``cron``: the first hour after it that no
+    cron in ``taken`` (the stack's other deployments) uses, so tasks train one after the other on the
+    stack's cores. A cron whose hour is not a plain number is kept as it is."""
     if not cron:
         return cron
     fields = cron.split()
-    if len(fields) == 5 and fields[1].isdigit():
-        fields[1] = str((int(fields[1]) + hours) % 24)
+    if len(fields) != 5 or not fields[1].isdigit():
+        return cron
+    busy = {int(f[1]) for f in (c.split() for c in taken) if len(f) == 5 and f[1].isdigit()}
+    hour = int(fields[1])
+    for step in range(1, 25):
+        fields[1] = str((hour + step) % 24)
+        if int(fields[1]) not in busy:
+            break
     return " ".join(fields)
 
 
@@ -63,6 +71,7 @@ def task_params_text(
     link: StackLink | None,
     ports: OwnPorts | None,
     created: str,
+    taken_crons: Sequence[str] = (),
 ) -> str:
     """params.yaml for task ``model``: ``template`` (a workspace's params, as loaded from YAML) gives the
     base model, training, evaluation and gate settings; the task's data gives the rest."""
@@ -185,11 +194,11 @@ def task_params_text(
     schedule = dict(template.get("schedule") or {})
     schedule.pop("deployment", None)
     if link is not None:
-        schedule["cron"] = shifted_cron(schedule.get("cron", "0 3 * * *"), 1)
+        schedule["cron"] = joining_cron(schedule.get("cron", "0 3 * * *"), taken_crons)
     out.append(
         _block(
             f"--- unattended retraining: the deployment retrain/{model} on the stack's worker"
-            + (", an hour after the stack's own task." if link is not None else "."),
+            + (", at an hour no other task of the stack uses." if link is not None else "."),
             "schedule",
             schedule,
         )

@@ -109,11 +109,12 @@ def retrain_deployments(api_url: str) -> list[DeploymentRow]:
                 sort=FlowRunSort.EXPECTED_START_TIME_ASC,
                 limit=1,
             )
-            crons = [
-                f"cron {s.schedule.cron!r} ({s.schedule.timezone or 'UTC'})"
+            active = [
+                s.schedule
                 for s in deployment.schedules or []
                 if getattr(s.schedule, "cron", None) and s.active
             ]
+            crons = [f"cron {c.cron!r} ({c.timezone or 'UTC'})" for c in active]
             models = [t for t in deployment.tags or [] if t != "loraops"]
             when = due[0].expected_start_time if due else None
             rows.append(
@@ -123,6 +124,7 @@ def retrain_deployments(api_url: str) -> list[DeploymentRow]:
                     workspace=str((deployment.parameters or {}).get("workspace", "?")),
                     schedule=", ".join(crons) or "when triggered",
                     next_run=when.astimezone(UTC).isoformat(timespec="minutes") if when else None,
+                    crons=tuple(c.cron for c in active),
                 )
             )
     return sorted(rows, key=lambda r: r.name)
