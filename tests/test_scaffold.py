@@ -15,7 +15,7 @@ from loraops.data.demo import routing_schema, write_demo_dataset
 from loraops.errors import ConfigError, DataError
 from loraops.scaffold.create import answer_tokens_budget, init_workspace, model_name_for
 from loraops.scaffold.infer import infer_task, json_schema_of
-from loraops.scaffold.params_text import joining_cron
+from loraops.scaffold.params_text import joining_cron, scaled_epochs
 
 
 def _lines(*records: dict) -> str:
@@ -150,3 +150,10 @@ def test_init_refuses_a_non_empty_directory_or_bad_data_and_leaves_nothing(tmp_p
     with pytest.raises(DataError, match="the records are alpaca, not chat"):
         init_workspace(tmp_path / "other", data, data_format="chat", standalone=True)
     assert not (tmp_path / "other").exists()
+
+
+def test_epochs_keep_about_the_steps_the_template_was_tuned_for():
+    assert scaled_epochs(2, 270, 270) == 2
+    assert scaled_epochs(2, 270, 800) == 1  # 3x the data: one epoch, not two (over-training forgets)
+    assert scaled_epochs(2, 270, 200) == 2  # never more than the template's
+    assert scaled_epochs(3, 100, 10_000) == 1

@@ -127,6 +127,16 @@ def stack_crons(link: StackLink) -> list[str]:
         return []
 
 
+def raw_examples(root: Path, params: dict[str, Any]) -> int | None:
+    """How many examples the template workspace's training settings were chosen for: its raw data's."""
+    raw = (params.get("data") or {}).get("raw")
+    path = root / str(raw) if raw else None
+    if path is None or not path.is_file():
+        return None
+    with path.open("rb") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
 def init_workspace(
     dest: Path,
     data_file: Path,
@@ -187,6 +197,7 @@ def init_workspace(
             ports=ports,
             created=datetime.now(UTC).strftime("%Y-%m-%d"),
             taken_crons=stack_crons(link) if link is not None else (),
+            template_examples=raw_examples(template_root, template),
         )
         (dest / "params.yaml").write_text(text, encoding="utf-8")
         params = load_params(dest / "params.yaml")  # what a run will read: valid, or init fails here

@@ -43,6 +43,12 @@ def _block(comment: str, section: str, values: Any) -> str:
     return f"{lines}{body}\n"
 
 
+def scaled_epochs(epochs: int, template_examples: int, examples: int) -> int:
+    """Epochs for ``examples`` that keep about the optimizer steps the template's settings were chosen
+    for (``epochs`` over ``template_examples``), between 1 and ``epochs``."""
+    return max(1, min(epochs, round(epochs * template_examples / max(examples, 1))))
+
+
 def joining_cron(cron: str | None, taken: Sequence[str] = ()) -> str | None:
     """The cron of a task joining a stack whose task runs at ``cron``: the first hour after it that no
     cron in ``taken`` (the stack's other deployments) uses, so tasks train one after the other on the
@@ -72,6 +78,7 @@ def task_params_text(
     ports: OwnPorts | None,
     created: str,
     taken_crons: Sequence[str] = (),
+    template_examples: int | None = None,
 ) -> str:
     """params.yaml for task ``model``: ``template`` (a workspace's params, as loaded from YAML) gives the
     base model, training, evaluation and gate settings; the task's data gives the rest."""
@@ -106,11 +113,21 @@ def task_params_text(
         )
     )
     if "train" in template:
+        train = dict(template["train"])
+        note = ""
+        if template_examples and "num_epochs" in train:
+            epochs = scaled_epochs(int(train["num_epochs"]), template_examples, shape.examples)
+            if epochs != train["num_epochs"]:
+                note = (
+                    f"\nnum_epochs {epochs} instead of its {train['num_epochs']}: {shape.examples} examples "
+                    f"against its {template_examples}, so about as many steps (more over-trains: forgetting)."
+                )
+                train["num_epochs"] = epochs
         out.append(
             _block(
-                f"--- training: the settings of {source} (rendered on the Axolotl preset).",
+                f"--- training: the settings of {source} (rendered on the Axolotl preset).{note}",
                 "train",
-                template["train"],
+                train,
             )
         )
     out.append(
