@@ -133,16 +133,16 @@ def deploy_retrain(ws: Workspace, params: Params, prefect_api: str, prefect_ui: 
 def _drop_other_deployments_of(ws: Workspace, keep: Any) -> None:
     """Delete this workspace's other retrain deployments (one renamed in params.yaml, or `scheduled`,
     the single name of older releases): each workspace has one. Other workspaces' are never touched."""
-    import os
-
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
-    mine = os.path.realpath(ws.root)
+    from loraops.stack.prefect_api import RETRAIN_FLOW, same_workspace
+
     with get_client(sync_client=True) as client:
-        for found in client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=["retrain"]))):
-            given = (found.parameters or {}).get("workspace")
-            if found.id != keep and given is not None and os.path.realpath(str(given)) == mine:
+        for found in client.read_deployments(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[RETRAIN_FLOW]))
+        ):
+            if found.id != keep and same_workspace((found.parameters or {}).get("workspace"), str(ws.root)):
                 client.delete_deployment(found.id)
 
 

@@ -29,9 +29,37 @@ def prefect_client(api_url: str) -> Iterator[Any]:
         yield client
 
 
+def same_workspace(given: Any, workspace: str) -> bool:
+    """Whether a run's or a deployment's ``workspace`` parameter names ``workspace``."""
+    return given is not None and os.path.realpath(str(given)) == os.path.realpath(workspace)
+
+
 def _of_workspace(run: Any, workspace: str) -> bool:
     given = (run.parameters or {}).get("workspace")
-    return given is None or os.path.realpath(str(given)) == os.path.realpath(workspace)
+    return given is None or same_workspace(given, workspace)
+
+
+def _scheduled_runs(client: Any, limit: int) -> list[Any]:
+    """The retrain flow's scheduled runs, soonest first."""
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    runs: list[Any] = client.read_flow_runs(
+        flow_filter=FlowFilter(name=FlowFilterName(any_=[RETRAIN_FLOW])),
+        flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
+        ),
+        sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+        limit=limit,
+    )
+    return runs
 
 
 def retrain_runs(api_url: str, ui_url: str, workspace: str) -> tuple[RunRow | None, str | None]:
@@ -58,14 +86,7 @@ def retrain_runs(api_url: str, ui_url: str, workspace: str) -> tuple[RunRow | No
             sort=FlowRunSort.START_TIME_DESC,
             limit=50,
         )
-        scheduled = client.read_flow_runs(
-            flow_filter=flows,
-            flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
-            ),
-            sort=FlowRunSort.EXPECTED_START_TIME_ASC,
-            limit=50,
-        )
+        scheduled = _scheduled_runs(client, limit=50)
     last = next((r for r in started if _of_workspace(r, workspace)), None)
     due = next((r for r in scheduled if _of_workspace(r, workspace)), None)
     row = None
@@ -85,30 +106,18 @@ def retrain_runs(api_url: str, ui_url: str, workspace: str) -> tuple[RunRow | No
 
 def retrain_deployments(api_url: str) -> list[DeploymentRow]:
     """Every deployment of the retrain flow on this Prefect server, by name, with its next scheduled run."""
-    from prefect.client.schemas.filters import (
-        DeploymentFilter,
-        DeploymentFilterId,
-        FlowFilter,
-        FlowFilterName,
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
-    from prefect.client.schemas.objects import StateType
-    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
-    flows = FlowFilter(name=FlowFilterName(any_=[RETRAIN_FLOW]))
     rows = []
     with prefect_client(api_url) as client:
-        for deployment in client.read_deployments(flow_filter=flows):
-            due = client.read_flow_runs(
-                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
-                flow_run_filter=FlowRunFilter(
-                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
-                ),
-                sort=FlowRunSort.EXPECTED_START_TIME_ASC,
-                limit=1,
-            )
+        deployments = client.read_deployments(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[RETRAIN_FLOW]))
+        )
+        first_due: dict[Any, Any] = {}
+        for run in _scheduled_runs(client, limit=200):  # soonest first: keep each deployment's first
+            first_due.setdefault(run.deployment_id, run)
+        for deployment in deployments:
+            due = first_due.get(deployment.id)
             active = [
                 s.schedule
                 for s in deployment.schedules or []
@@ -116,7 +125,7 @@ def retrain_deployments(api_url: str) -> list[DeploymentRow]:
             ]
             crons = [f"cron {c.cron!r} ({c.timezone or 'UTC'})" for c in active]
             models = [t for t in deployment.tags or [] if t != "loraops"]
-            when = due[0].expected_start_time if due else None
+            when = due.expected_start_time if due is not None else None
             rows.append(
                 DeploymentRow(
                     name=f"{RETRAIN_FLOW}/{deployment.name}",
